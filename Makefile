@@ -1,0 +1,66 @@
+# The usual verbs. `make server` and `make test` each do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+TEST_ENV := RUN_HANDLER_ENV=test
+
+.PHONY: help install services-up services-down services-status db-up db-down db-migrate \
+        db-downgrade server test-setup test lint lint-fix format clean
+
+help:
+	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on :8000"
+	@echo "make test          install, start services, reset the test database and bucket, run pytest"
+	@echo "make services-up | services-down | db-migrate | db-downgrade | test-setup | lint | format"
+
+$(INSTALLED): setup.cfg setup.py pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.10 or newer"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+		{ echo "make: could not create a virtualenv: install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,bench,lint]'
+	@touch $@
+
+install: $(INSTALLED)
+
+services-up:
+	@scripts/services.sh up
+
+services-down:
+	@scripts/services.sh down
+
+services-status:
+	@scripts/services.sh status
+
+# The names the earlier README used.
+db-up: services-up
+db-down: services-down
+
+db-migrate: install services-up
+	$(BIN)/python -m handler migrate
+
+db-downgrade: install services-up
+	$(BIN)/python -m handler rollback
+
+server: install services-up
+	$(BIN)/python -m handler serve
+
+test-setup: install
+	@$(TEST_ENV) scripts/services.sh up
+	$(TEST_ENV) $(BIN)/python tests/reset_env.py
+
+test: test-setup
+	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check handler tests
+	$(BIN)/ruff format --check handler tests
+
+lint-fix: install
+	$(BIN)/ruff check --fix handler tests
+
+format: install
+	$(BIN)/ruff format handler tests
+
+clean: services-down
+	rm -rf .services

@@ -1,0 +1,1 @@
+"""run-handler: streaming ingestion of tracing runs into S3 and PostgreSQL."""

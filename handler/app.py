@@ -1,0 +1,157 @@
+"""Routes and request handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+
+import tornado.iostream
+import tornado.web
+
+from handler.config import Settings
+from handler.db import Database
+from handler.errors import RunError
+from handler.ingest import BatchIngest
+from handler.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# The body limit is enforced by BatchIngest with a clear 413; Tornado's own limit (which answers
+# a bare 400 and closes) is lifted for this route so ours always speaks first.
+_NO_TORNADO_LIMIT = 1 << 62
+
+
+class JSONHandler(tornado.web.RequestHandler):
+    """Every response, errors included, is JSON."""
+
+    def fail(self, error: RunError) -> None:
+        if error.status >= 500:
+            log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(error.status)
+        try:
+            self.finish(error.to_json())
+        except tornado.iostream.StreamClosedError:
+            pass
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.finish({"error": self._reason})
+
+
+class NotFoundHandler(JSONHandler):
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+@tornado.web.stream_request_body
+class RunsHandler(JSONHandler):
+    """POST /runs: a JSON array of runs, streamed."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    def initialize(self, settings: Settings, store: ObjectStore, db: Database) -> None:
+        self.config = settings
+        self.store = store
+        self.db = db
+        self.ingest: BatchIngest | None = None
+        self.committing = False
+
+    def prepare(self) -> None:
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            return self.fail(RunError(415, "Content-Type must be application/json"))
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+            return self.fail(RunError(413, f"body is larger than {self.config.max_body_bytes} bytes"))
+        self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
+        self.ingest = BatchIngest(self.store, self.db, self.config)
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self.ingest is None or self._finished:
+            return
+        try:
+            await self.ingest.feed(chunk)
+        except Exception as e:
+            await self.reject(e)
+
+    async def post(self) -> None:
+        self.committing = True
+        try:
+            ids = await self.ingest.commit()
+        except Exception as e:
+            await self.reject(e)
+            return
+        self.set_status(201)
+        self.finish({"ids": ids})
+
+    async def reject(self, error: Exception) -> None:
+        """Undo the batch, then answer; a bug still undoes the batch and answers 500."""
+        if not isinstance(error, RunError):
+            log.exception("unexpected error in POST /runs", exc_info=error)
+            error = RunError(500, "internal error")
+        await self.ingest.abort(error)
+        self.fail(error)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        # Once the body has ended the insert may already be running: a disconnect then must not
+        # delete objects whose rows are about to be committed.
+        if self.ingest is not None and not self.committing and not self._finished:
+            log.info("client disconnected mid-body after %d bytes", self.ingest.bytes_received)
+            asyncio.ensure_future(self.ingest.abort())
+
+
+class RunHandler(JSONHandler):
+    """GET /runs/{id}: the run's stored bytes, streamed from object storage."""
+
+    SUPPORTED_METHODS = ("GET",)
+
+    def initialize(self, settings: Settings, store: ObjectStore, db: Database) -> None:
+        self.store = store
+        self.db = db
+
+    async def get(self, run_id: str) -> None:
+        if not _UUID.fullmatch(run_id):
+            return self.fail(RunError(400, "run id must be a UUID"))
+        try:
+            found = await self.db.find_run(uuid.UUID(run_id))
+        except RunError as e:
+            return self.fail(e)
+        if found is None:
+            return self.fail(RunError(404, f"run {run_id} not found"))
+        key, size = found
+        chunks = self.store.read(key)
+        try:
+            first = await anext(chunks, b"")
+        except RunError as e:
+            return self.fail(e)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Length", size)
+        self.write(first)
+        try:
+            async for chunk in chunks:
+                self.write(chunk)
+                await self.flush()
+        except Exception:
+            # The status line is gone already; a short body and a closed connection tell the client.
+            log.exception("reading %s failed mid-stream", key)
+            self.request.connection.close()
+            return
+        self.finish()
+
+
+def make_app(settings: Settings, store: ObjectStore, db: Database) -> tornado.web.Application:
+    deps = {"settings": settings, "store": store, "db": db}
+    return tornado.web.Application(
+        [
+            (r"/runs", RunsHandler, deps),
+            (r"/runs/([^/]+)", RunHandler, deps),
+        ],
+        default_handler_class=NotFoundHandler,
+        compress_response=False,
+    )

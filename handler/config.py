@@ -1,0 +1,95 @@
+"""Settings from the environment, with `.env` (or `.env.test` when RUN_HANDLER_ENV=test) as defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+def env_file() -> Path:
+    name = ".env.test" if os.environ.get("RUN_HANDLER_ENV") == "test" else ".env"
+    return REPO_ROOT / name
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines; blank lines and ``#`` comments are skipped, quotes are stripped."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_host: str
+    db_port: int
+    db_user: str
+    db_password: str
+    db_name: str
+    s3_endpoint_url: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_bucket_name: str
+    s3_region: str
+    http_port: int
+    max_body_bytes: int
+    max_run_bytes: int
+    max_runs_per_batch: int
+    upload_concurrency: int
+    upload_window_bytes: int
+    db_pool_size: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Real environment variables win over the env file."""
+        values = {**read_env_file(env_file()), **os.environ}
+
+        def get(name: str, default: str | None = None) -> str:
+            value = values.get(name, default)
+            if value is None:
+                raise SystemExit(f"run-handler: missing setting {name} (environment or {env_file()})")
+            return value
+
+        def get_int(name: str, default: int) -> int:
+            raw = get(name, str(default))
+            try:
+                return int(raw)
+            except ValueError:
+                raise SystemExit(f"run-handler: {name} must be an integer, got {raw!r}") from None
+
+        return cls(
+            db_host=get("DB_HOST", "localhost"),
+            db_port=get_int("DB_PORT", 5432),
+            db_user=get("DB_USER", "postgres"),
+            db_password=get("DB_PASSWORD", "postgres"),
+            db_name=get("DB_NAME", "postgres"),
+            s3_endpoint_url=get("S3_ENDPOINT_URL", "http://localhost:9000"),
+            s3_access_key=get("S3_ACCESS_KEY", "minioadmin"),
+            s3_secret_key=get("S3_SECRET_KEY", "minioadmin"),
+            s3_bucket_name=get("S3_BUCKET_NAME", "runs"),
+            s3_region=get("S3_REGION", "us-east-1"),
+            http_port=get_int("HTTP_PORT", 8000),
+            max_body_bytes=get_int("MAX_BODY_BYTES", 4096 * MIB),
+            max_run_bytes=get_int("MAX_RUN_BYTES", 100 * MIB),
+            max_runs_per_batch=get_int("MAX_RUNS_PER_BATCH", 100_000),
+            upload_concurrency=get_int("UPLOAD_CONCURRENCY", 16),
+            upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 64 * MIB),
+            db_pool_size=get_int("DB_POOL_SIZE", 10),
+        )
+
+    @property
+    def db_url(self) -> str:
+        """The form yoyo-migrations wants."""
+        user, password = quote(self.db_user, safe=""), quote(self.db_password, safe="")
+        return f"postgresql://{user}:{password}@{self.db_host}:{self.db_port}/{self.db_name}"

@@ -1,0 +1,197 @@
+"""Split a streamed JSON array of runs into runs, each kept as the exact bytes the client sent.
+
+ijson's push parser (yajl2 C backend) reads every byte of the body: it checks the grammar and
+reports the top-level fields of each run, which are validated here. To learn where a run ends
+without a second parser, each chunk is fed to ijson in pieces that end at a ``}``: when ijson
+reports the end of a run after such a piece, that brace closed it. The run is then stored byte
+for byte as sent -- big integers, ``0.1``, ``1e400``, escapes, key order and whitespace intact.
+
+Only the run being received is buffered; bytes between runs are dropped as soon as they are read.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+import ijson
+
+from handler.errors import RunError
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_OBJECT_FIELDS = ("inputs", "outputs", "metadata")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+@dataclass(slots=True)
+class Run:
+    """One run, ready to store: ``body`` is what GET will return."""
+
+    index: int
+    id: uuid.UUID
+    trace_id: uuid.UUID
+    name: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Fields:
+    index: int
+    id: uuid.UUID | None = None
+    trace_id: uuid.UUID | None = None
+    name: str | None = None
+
+
+class RunSplitter:
+    """Feed it the body's chunks in order; it returns the runs completed by each chunk."""
+
+    def __init__(self, max_run_bytes: int, max_runs: int) -> None:
+        self.max_run_bytes = max_run_bytes
+        self.max_runs = max_runs
+        self._events = ijson.sendable_list()
+        self._parser = ijson.parse_coro(self._events)
+        # Validator state.
+        self._seen_array = False
+        self._run: _Fields | None = None  # the run being received
+        self._closed: _Fields | None = None  # the run the last piece closed
+        self._keys: set[str] = set()
+        self._key: str | None = None
+        self._count = 0
+        # Bytes of the run being received (and the separators before it).
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[Run]:
+        runs: list[Run] = []
+        pos = 0
+        while (brace := chunk.find(b"}", pos)) >= 0:
+            runs.extend(self._feed_piece(chunk[pos : brace + 1]))
+            pos = brace + 1
+        if pos < len(chunk):
+            runs.extend(self._feed_piece(chunk[pos:]))
+        return runs
+
+    def close(self) -> None:
+        """Signal the end of the body; raises if it was not one complete array of runs."""
+        self._parse(b"", last=True)
+        if not self._seen_array:
+            raise RunError(400, "body must be a JSON array of runs")
+
+    # -- grammar and fields (ijson) -----------------------------------------------------------
+
+    def _parse(self, chunk: bytes, last: bool) -> None:
+        try:
+            if last:
+                self._parser.close()
+            else:
+                self._parser.send(chunk)
+        except ijson.JSONError as e:
+            message = e.args[0] if e.args else str(e)
+            if isinstance(message, bytes):
+                message = message.decode("utf-8", "replace")
+            message = message.splitlines()[0] if message else "invalid JSON"
+            # Events parsed before the error still count: they tell which run was broken.
+            self._validate()
+            where = f"run {self._run.index}" if self._run else "body"
+            index = self._run.index if self._run else None
+            raise RunError(400, f"invalid JSON in {where}: {message}", index) from None
+        self._validate()
+
+    def _validate(self) -> None:
+        events = self._events
+        for prefix, event, value in events:
+            if self._key is not None:
+                # First event of a top-level field's value.
+                self._check_field(self._key, event, value)
+                self._key = None
+            elif prefix == "item":
+                if event == "map_key":
+                    if value in self._keys:
+                        raise self._error(f"duplicate key {value!r}")
+                    self._keys.add(value)
+                    self._key = value
+                elif event == "start_map":
+                    if self._count >= self.max_runs:
+                        raise RunError(413, f"batch has more than {self.max_runs} runs", self._count)
+                    self._run = _Fields(self._count)
+                    self._count += 1
+                    self._keys = set()
+                elif event == "end_map":
+                    self._finish_run()
+                else:
+                    kind = "array" if event == "start_array" else event
+                    raise RunError(400, f"run {self._count} must be an object, got {kind}", self._count)
+            elif prefix == "":
+                if event == "start_array":
+                    self._seen_array = True
+                elif event != "end_array":
+                    raise RunError(400, "body must be a JSON array of runs")
+        events.clear()
+
+    def _check_field(self, key: str, event: str, value: object) -> None:
+        run = self._run
+        if key == "id" or key == "trace_id":
+            if event != "string" or not _UUID.fullmatch(value):
+                raise self._error(f"{key} must be a UUID string")
+            setattr(run, key, uuid.UUID(value))
+        elif key == "name":
+            if event != "string":
+                raise self._error("name must be a string")
+            if "\x00" in value or not value.isprintable() and _has_lone_surrogate(value):
+                raise self._error("name must not contain NUL or unpaired surrogate characters")
+            run.name = value
+        elif key in _OBJECT_FIELDS and event != "start_map":
+            raise self._error(f"{key} must be an object")
+
+    def _finish_run(self) -> None:
+        run = self._run
+        if run.trace_id is None:
+            raise self._error("trace_id is required")
+        if run.name is None:
+            raise self._error("name is required")
+        self._closed = run
+        self._run = None
+
+    def _error(self, reason: str) -> RunError:
+        return RunError(400, f"run {self._run.index}: {reason}", self._run.index)
+
+    # -- run boundaries and bytes --------------------------------------------------------------
+
+    def _feed_piece(self, piece: bytes) -> list[Run]:
+        self._parse(piece, last=False)
+        if self._closed is None:
+            if self._run is None:
+                self._pending.clear()  # only separators since the last run
+            else:
+                self._pending += piece
+                if len(self._pending) > self.max_run_bytes:
+                    raise self._too_large(self._run.index)
+            return []
+        # The piece ends with the brace that closed the run.
+        fields, self._closed = self._closed, None
+        self._pending += piece
+        return [self._take(fields)]
+
+    def _take(self, fields: _Fields) -> Run:
+        pending = self._pending
+        start = pending.find(b"{")  # only whitespace, commas and "[" come before it
+        if len(pending) - start > self.max_run_bytes:
+            raise self._too_large(fields.index)
+        with memoryview(pending) as view:
+            if fields.id is None:
+                fields.id = uuid.uuid4()
+                body = b"".join((b'{"id":"', str(fields.id).encode(), b'",', view[start + 1 :]))
+            else:
+                body = bytes(view[start:])
+        pending.clear()
+        return Run(fields.index, fields.id, fields.trace_id, fields.name, body)
+
+    def _too_large(self, index: int) -> RunError:
+        return RunError(413, f"run {index} is larger than {self.max_run_bytes} bytes", index)

@@ -1,0 +1,93 @@
+"""A small HTTP/1.1 client that streams request bodies chunk by chunk, as tracing clients do."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class HttpClient:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    def connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def start_post(
+        self, path: str = "/runs", content_type: str = "application/json", headers: dict | None = None
+    ) -> http.client.HTTPConnection:
+        """Send the request line and headers of a chunked POST; the caller sends the chunks."""
+        conn = self.connect()
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", content_type)
+        for name, value in (headers or {"Transfer-Encoding": "chunked"}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn
+
+    @staticmethod
+    def send_chunk(conn: http.client.HTTPConnection, data: bytes) -> None:
+        conn.send(b"%x\r\n%s\r\n" % (len(data), data))
+
+    @staticmethod
+    def finish(conn: http.client.HTTPConnection, chunked: bool = True) -> Response:
+        """End the body and read the answer. An answer the server sent early (then closing the
+        connection) is still read when our sending fails."""
+        try:
+            if chunked:
+                conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass
+        try:
+            response = conn.getresponse()
+            return Response(response.status, response.read())
+        finally:
+            conn.close()
+
+    def post(
+        self, chunks: Iterable[bytes] | bytes, path: str = "/runs", content_type: str = "application/json"
+    ) -> Response:
+        """POST a body, chunked transfer encoding, one HTTP chunk per item of ``chunks``."""
+        if isinstance(chunks, bytes):
+            chunks = [chunks]
+        conn = self.start_post(path, content_type)
+        try:
+            for chunk in chunks:
+                if chunk:
+                    self.send_chunk(conn, chunk)
+        except OSError:
+            pass  # the server answered early and closed; read that answer
+        return self.finish(conn)
+
+    def post_with_length(self, body: bytes, headers: dict | None = None) -> Response:
+        """POST with Content-Length instead of chunking."""
+        conn = self.start_post(headers={"Content-Length": str(len(body)), **(headers or {})})
+        try:
+            conn.send(body)
+        except OSError:
+            pass
+        return self.finish(conn, chunked=False)
+
+    def get(self, path: str) -> Response:
+        conn = self.connect()
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return Response(response.status, response.read())
+        finally:
+            conn.close()

@@ -1,0 +1,167 @@
+"""Fixtures: real servers (``python -m handler`` subprocesses) against the real PostgreSQL and MinIO.
+
+These stand in for pytest-tornado's ``http_server``/``http_client`` fixtures: its last release
+imports ``pkg_resources``, which current setuptools no longer ships, and a server in its own
+process is closer to production anyway -- the tests speak HTTP over a real socket and check the
+database and the bucket directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psycopg2
+import pytest
+
+from handler.config import REPO_ROOT, Settings
+from tests.client import HttpClient
+from tests.reset_env import s3_client
+
+if os.environ.get("RUN_HANDLER_ENV") != "test":
+    pytest.exit("run the tests with RUN_HANDLER_ENV=test (make test does)", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    client: HttpClient
+    bucket: str
+    log_path: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(tmp_dir, name: str, **env: str) -> Server:
+    """Start ``python -m handler`` on a free port with extra settings; wait until it answers."""
+    port = free_port()
+    log_path = str(tmp_dir / f"{name}.log")
+    environment = {**os.environ, "RUN_HANDLER_ENV": "test", "HTTP_PORT": str(port), **env}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "handler", "serve"],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited at start:\n{open(log_path).read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"server did not listen in 30 s:\n{open(log_path).read()}")
+    bucket = env.get("S3_BUCKET_NAME") or Settings.from_env().s3_bucket_name
+    return Server(process, HttpClient("127.0.0.1", port), bucket, log_path)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    srv = start_server(tmp_path_factory.mktemp("server"), "server")
+    yield srv
+    srv.stop()
+    assert srv.process.returncode == 0, open(srv.log_path).read()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def limited_server(tmp_path_factory) -> Server:
+    """A second server with tiny limits, to hit each one cheaply."""
+    srv = start_server(
+        tmp_path_factory.mktemp("limited"),
+        "limited",
+        MAX_BODY_BYTES="20000",
+        MAX_RUN_BYTES="2000",
+        MAX_RUNS_PER_BATCH="5",
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: Server) -> HttpClient:
+    return server.client
+
+
+@pytest.fixture(scope="session")
+def s3(settings: Settings):
+    return s3_client(settings)
+
+
+@pytest.fixture(scope="session")
+def db(settings: Settings):
+    conn = psycopg2.connect(
+        host=settings.db_host,
+        port=settings.db_port,
+        user=settings.db_user,
+        password=settings.db_password,
+        dbname=settings.db_name,
+    )
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+class Store:
+    """What is really stored: rows in Postgres and objects in the bucket."""
+
+    def __init__(self, s3, db, bucket: str) -> None:
+        self.s3, self.db, self.bucket = s3, db, bucket
+
+    def keys(self) -> set[str]:
+        keys: set[str] = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys.update(o["Key"] for o in page.get("Contents", []))
+        return keys
+
+    def row_ids(self) -> set[str]:
+        with self.db.cursor() as cur:
+            cur.execute("SELECT id::text FROM runs")
+            return {r[0] for r in cur.fetchall()}
+
+    def snapshot(self) -> tuple[set[str], set[str]]:
+        return self.row_ids(), self.keys()
+
+    def assert_unchanged(self, before: tuple[set[str], set[str]], timeout: float = 0) -> None:
+        """No row and no object was added since ``before`` (waiting up to ``timeout`` for cleanup)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows, keys = self.snapshot()
+            if rows == before[0] and keys == before[1]:
+                return
+            if time.monotonic() >= deadline:
+                assert rows - before[0] == set(), "rows left behind"
+                assert keys - before[1] == set(), "objects left behind"
+                return
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def store(s3, db, server: Server) -> Store:
+    return Store(s3, db, server.bucket)

@@ -1,0 +1,43 @@
+"""Building batches for the tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+# Values a float round trip would change, escapes, non-ASCII, odd key order and nesting.
+FIDELITY_RUN = (
+    b'{"trace_id": "8f0d6a6e-3b7c-4a53-9f1e-2d6c1b0a9e11",  "name":"fidelity \\u00e9 \xc3\xa9 \\ud83d\\ude00",\n'
+    b' "zeta": 1, "alpha": 2,\n'
+    b' "inputs": {"big": 123456789012345678901234567890, "over53": 9007199254740993,'
+    b' "tenth": 0.1, "huge": 1e400, "tiny": 1E-400, "neg": -0.0, "exp": 2.50e+3},\n'
+    b' "outputs": {"nested": [[1, [2, [3, {"deep": [null, true, false]}]]], []],'
+    b' "escapes": "quote \\" backslash \\\\ slash \\/ tab \\t nl \\n ctl \\u0001 brace } ]"},\n'
+    b' "metadata": {"\xe2\x98\x83": "snowman", "": "empty key", "b": {}, "a": []},\n'
+    b' "extra_field": {"kept": "as sent"}}'
+)
+
+
+def run(**fields) -> dict:
+    body = {
+        "trace_id": str(uuid.uuid4()),
+        "name": "test run",
+        "inputs": {"question": "what?"},
+        "outputs": {"answer": "that"},
+        "metadata": {"model": "m", "tokens": 3},
+    }
+    body.update(fields)
+    return body
+
+
+def batch(*runs: dict) -> bytes:
+    return json.dumps(list(runs)).encode()
+
+
+def with_id(raw_run: bytes, run_id: str) -> bytes:
+    """What GET returns for a run posted without an id: the same bytes with the id put first."""
+    return b'{"id":"' + run_id.encode() + b'",' + raw_run[1:]
+
+
+def split(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]

@@ -1,0 +1,116 @@
+"""The splitter alone: boundaries, fidelity and validation, fed in every way a socket may cut a body."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import pytest
+
+from handler.errors import RunError
+from handler.stream import RunSplitter
+from tests.runs import FIDELITY_RUN, batch, run, split, with_id
+
+
+def split_all(chunks, max_run_bytes=1 << 30, max_runs=10**6):
+    splitter = RunSplitter(max_run_bytes, max_runs)
+    runs = []
+    for chunk in chunks:
+        runs += splitter.feed(chunk)
+    splitter.close()
+    return runs
+
+
+def test_runs_come_back_byte_for_byte_with_the_id_put_first():
+    body = b"[" + FIDELITY_RUN + b" ,\n" + FIDELITY_RUN + b"]"
+    runs = split_all([body])
+    assert [r.index for r in runs] == [0, 1]
+    for r in runs:
+        assert r.body == with_id(FIDELITY_RUN, str(r.id))
+        json.loads(r.body)  # still valid JSON
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_any_chunking_gives_the_same_runs(size):
+    supplied = run(id=str(uuid.uuid4()))
+    body = b"[" + FIDELITY_RUN + b"," + batch(supplied, run(name='}]{["x'))[1:]
+    whole = split_all([body])
+    cut = split_all(split(body, size))
+    assert len(cut) == 3
+    # Generated ids differ between the two feeds; everything after the id must not.
+    assert [r.body.split(b",", 1)[1] for r in cut] == [r.body.split(b",", 1)[1] for r in whole]
+    assert cut[0].body == with_id(FIDELITY_RUN, str(cut[0].id))
+    assert str(cut[1].id) == supplied["id"] and cut[1].body == json.dumps(supplied).encode()
+
+
+def test_random_chunking_matches_whole_feed():
+    rng = random.Random(7)
+    body = batch(*[run(inputs={"text": "x" * rng.randint(0, 300), "n": [1, {"}": "{"}]}) for _ in range(40)])
+    expected = [r.body.split(b",", 1)[1] for r in split_all([body])]
+    for _ in range(20):
+        chunks, pos = [], 0
+        while pos < len(body):
+            step = rng.randint(1, 200)
+            chunks.append(body[pos : pos + step])
+            pos += step
+        assert [r.body.split(b",", 1)[1] for r in split_all(chunks)] == expected
+
+
+def test_supplied_id_is_used_and_body_untouched():
+    supplied = str(uuid.uuid4())
+    raw = json.dumps(run(id=supplied)).encode()
+    (r,) = split_all([b"[" + raw + b"]"])
+    assert str(r.id) == supplied and r.body == raw
+
+
+def test_empty_array_gives_no_runs():
+    assert split_all([b" [ ] "]) == []
+
+
+@pytest.mark.parametrize(
+    "body, status, index, words",
+    [
+        (b"", 400, None, "invalid JSON"),
+        (b'{"a": 1}', 400, None, "array"),
+        (b"5", 400, None, "array"),
+        (b"[1]", 400, 0, "must be an object"),
+        (b"[[]]", 400, 0, "must be an object"),
+        (b'[{"name": "x"}]', 400, 0, "trace_id is required"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10"}]', 400, 0, "name is required"),
+        (b'[{"trace_id": "nope", "name": "x"}]', 400, 0, "trace_id must be a UUID"),
+        (b'[{"trace_id": 5, "name": "x"}]', 400, 0, "trace_id must be a UUID"),
+        (b'[{"id": "x", "trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "x"}]', 400, 0, "id must"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": 1}]', 400, 0, "name must be"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "\\u0000"}]', 400, 0, "NUL"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "x", "inputs": []}]', 400, 0, "inputs"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "x", "name": "y"}]', 400, 0, "duplicate"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "x"}, {"a": }]', 400, 1, "invalid JSON"),
+        (b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "x"}', 400, None, "invalid JSON"),
+        (b"[] []", 400, None, "invalid JSON"),
+        (b"[NaN]", 400, None, "invalid JSON"),
+        (b'["\xff"]', 400, None, "invalid JSON"),
+    ],
+)
+def test_rejections_name_the_run_and_reason(body, status, index, words):
+    for chunks in ([body], split(body, 1)):
+        with pytest.raises(RunError) as e:
+            split_all(chunks)
+        assert e.value.status == status
+        assert e.value.index == index
+        assert words in e.value.reason
+
+
+def test_run_size_limit_is_checked_while_the_run_streams_in():
+    splitter = RunSplitter(max_run_bytes=1000, max_runs=10)
+    splitter.feed(b'[{"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10", "name": "')
+    with pytest.raises(RunError) as e:
+        for _ in range(100):
+            splitter.feed(b"x" * 100)  # the run never ends; the limit must still bite
+    assert e.value.status == 413 and e.value.index == 0
+
+
+def test_run_count_limit():
+    with pytest.raises(RunError) as e:
+        split_all([batch(*[run() for _ in range(4)])], max_runs=3)
+    assert e.value.status == 413 and e.value.index == 3
