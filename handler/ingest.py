@@ -78,7 +78,8 @@ class BatchIngest:
 
     async def commit(self) -> list[str]:
         """The body has ended: wait for the uploads, then write every row in one statement."""
-        self._splitter.close()
+        for run in self._splitter.close():
+            await self._start_upload(run)
         if self._uploads:
             await asyncio.wait(list(self._uploads))
         self._raise_failure()

@@ -7,6 +7,10 @@ reports the end of a run after such a piece, that brace closed it. The run is th
 for byte as sent -- big integers, ``0.1``, ``1e400``, escapes, key order and whitespace intact.
 
 Only the run being received is buffered; bytes between runs are dropped as soon as they are read.
+
+yajl re-reads a token that spans chunks from its start on every chunk, so a 50 MB string fed in
+64 KB chunks costs quadratic time. When a feed yields no event at all (the parser is inside one long
+token), input is held back until it has doubled, which keeps the total work linear.
 """
 
 from __future__ import annotations
@@ -65,10 +69,27 @@ class RunSplitter:
         self._keys: set[str] = set()
         self._key: str | None = None
         self._count = 0
+        self._event_count = 0
         # Bytes of the run being received (and the separators before it).
         self._pending = bytearray()
+        # Input not yet given to ijson, and how much to gather before giving it (see the top).
+        self._unfed = bytearray()
+        self._hold = 0
 
     def feed(self, chunk: bytes) -> list[Run]:
+        self._unfed += chunk
+        if len(self._unfed) < self._hold:
+            if len(self._pending) + len(self._unfed) > self.max_run_bytes and self._run is not None:
+                raise self._too_large(self._run.index)
+            return []
+        chunk = bytes(self._unfed)
+        self._unfed.clear()
+        events_before = self._event_count
+        runs = self._feed_pieces(chunk)
+        self._hold = 0 if self._event_count > events_before else 2 * max(self._hold, len(chunk))
+        return runs
+
+    def _feed_pieces(self, chunk: bytes) -> list[Run]:
         runs: list[Run] = []
         pos = 0
         while (brace := chunk.find(b"}", pos)) >= 0:
@@ -78,11 +99,17 @@ class RunSplitter:
             runs.extend(self._feed_piece(chunk[pos:]))
         return runs
 
-    def close(self) -> None:
-        """Signal the end of the body; raises if it was not one complete array of runs."""
+    def close(self) -> list[Run]:
+        """Signal the end of the body and return the runs still held back.
+
+        Raises if the body was not one complete array of runs.
+        """
+        runs = self._feed_pieces(bytes(self._unfed))
+        self._unfed.clear()
         self._parse(b"", last=True)
         if not self._seen_array:
             raise RunError(400, "body must be a JSON array of runs")
+        return runs
 
     # -- grammar and fields (ijson) -----------------------------------------------------------
 
@@ -106,6 +133,7 @@ class RunSplitter:
 
     def _validate(self) -> None:
         events = self._events
+        self._event_count += len(events)
         for prefix, event, value in events:
             if self._key is not None:
                 # First event of a top-level field's value.

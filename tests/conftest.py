@@ -145,6 +145,15 @@ class Store:
             cur.execute("SELECT id::text FROM runs")
             return {r[0] for r in cur.fetchall()}
 
+    def remove(self, row_ids: set[str], keys: set[str]) -> None:
+        """Drop what a bulky test stored, so later tests list a small bucket."""
+        keys = sorted(keys)
+        for i in range(0, len(keys), 1000):
+            objects = [{"Key": k} for k in keys[i : i + 1000]]
+            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+        with self.db.cursor() as cur:
+            cur.execute("DELETE FROM runs WHERE id = ANY(%s::uuid[])", (sorted(row_ids),))
+
     def snapshot(self) -> tuple[set[str], set[str]]:
         return self.row_ids(), self.keys()
 

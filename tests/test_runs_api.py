@@ -99,6 +99,7 @@ def test_ten_thousand_tiny_runs(client, store):
     assert len(keys - before[1]) == 10_000
     for i in (0, 4321, 9999):
         assert client.get(f"/runs/{ids[i]}").json() == {"id": ids[i], **runs[i]}
+    store.remove(rows - before[0], keys - before[1])
 
 
 def test_runs_are_in_the_bucket_before_the_body_ends(client, store):

@@ -18,8 +18,7 @@ def split_all(chunks, max_run_bytes=1 << 30, max_runs=10**6):
     runs = []
     for chunk in chunks:
         runs += splitter.feed(chunk)
-    splitter.close()
-    return runs
+    return runs + splitter.close()
 
 
 def test_runs_come_back_byte_for_byte_with_the_id_put_first():
