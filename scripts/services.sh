@@ -92,9 +92,25 @@ PGDATA="$PG_HOME/data"
 
 pg_running() { [ -f "$PGDATA/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
 
+pg_ensure_database() {
+  local psql=("$1/psql" -h localhost -p "$DB_PORT" -U "$DB_USER" -d postgres -Atq)
+  if [ -z "$(PGPASSWORD="$DB_PASSWORD" "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]; then
+    PGPASSWORD="$DB_PASSWORD" "${psql[@]}" -c "CREATE DATABASE \"$DB_NAME\""
+    say "created database $DB_NAME"
+  fi
+}
+
 pg_up() {
   local bin
   bin="$(pg_bin)"
+  if ! pg_running && port_in_use "$DB_PORT"; then
+    # Someone else's server (docker compose, a system cluster): use it if it takes our login.
+    PGPASSWORD="$DB_PASSWORD" "$bin/psql" -h localhost -p "$DB_PORT" -U "$DB_USER" -d postgres -Atqc "SELECT 1" >/dev/null 2>&1 ||
+      die "port $DB_PORT is taken by a program that does not accept the DB_USER/DB_PASSWORD login; stop it or set DB_PORT"
+    say "using the PostgreSQL already listening on port $DB_PORT (not started by this script)"
+    pg_ensure_database "$bin"
+    return 0
+  fi
   mkdir -p "$PG_HOME/run"
   [ "$(id -u)" = 0 ] && chown postgres: "$PG_HOME" "$PG_HOME/run"
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
@@ -115,17 +131,12 @@ pg_up() {
       say "removing stale $PGDATA/postmaster.pid"
       rm -f "$PGDATA/postmaster.pid"
     fi
-    port_in_use "$DB_PORT" && die "port $DB_PORT is taken by another program; stop it or set DB_PORT"
     as_pg "$bin/pg_ctl" -D "$PGDATA" -l "$PG_HOME/postgres.log" -w -t 60 \
       -o "-p $DB_PORT -k $PG_HOME/run -c listen_addresses=localhost" start >/dev/null ||
       { tail -n 20 "$PG_HOME/postgres.log" >&2; die "PostgreSQL did not start"; }
     say "PostgreSQL started on port $DB_PORT (data $PGDATA)"
   fi
-  if [ -z "$(as_pg "$bin/psql" -h "$PG_HOME/run" -p "$DB_PORT" -U "$DB_USER" -d postgres -Atc \
-    "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" ]; then
-    as_pg "$bin/createdb" -h "$PG_HOME/run" -p "$DB_PORT" -U "$DB_USER" "$DB_NAME"
-    say "created database $DB_NAME"
-  fi
+  pg_ensure_database "$bin"
 }
 
 pg_down() {
@@ -156,14 +167,19 @@ minio_binary() {
 minio_running() { [ -f "$MINIO_PID" ] && pid_is "$(cat "$MINIO_PID")" "$MINIO_BIN"; }
 
 minio_up() {
-  minio_binary
-  mkdir -p "$MINIO_DIR/data"
   if minio_running; then
     say "MinIO already running (pid $(cat "$MINIO_PID"), $S3_ENDPOINT_URL)"
     return 0
   fi
   rm -f "$MINIO_PID"
-  port_in_use "$MINIO_PORT" && die "port $MINIO_PORT is taken by another program; stop it or change S3_ENDPOINT_URL"
+  if port_in_use "$MINIO_PORT"; then
+    curl -sf "http://127.0.0.1:$MINIO_PORT/minio/health/ready" >/dev/null 2>&1 ||
+      die "port $MINIO_PORT is taken by a program that is not an S3 server; stop it or change S3_ENDPOINT_URL"
+    say "using the S3 server already listening on port $MINIO_PORT (not started by this script)"
+    return 0
+  fi
+  minio_binary
+  mkdir -p "$MINIO_DIR/data"
   MINIO_ROOT_USER="$S3_ACCESS_KEY" MINIO_ROOT_PASSWORD="$S3_SECRET_KEY" MINIO_UPDATE=off \
     MINIO_BROWSER=off nohup "$MINIO_BIN" server "$MINIO_DIR/data" --quiet \
     --address "127.0.0.1:$MINIO_PORT" --console-address "127.0.0.1:$MINIO_CONSOLE_PORT" \
