@@ -29,9 +29,7 @@ async def serve(settings: Settings) -> None:
     try:
         await store.ensure_bucket()
         await db.start()
-        server = tornado.httpserver.HTTPServer(
-            make_app(settings, store, db), idle_connection_timeout=300
-        )
+        server = tornado.httpserver.HTTPServer(make_app(settings, store, db), idle_connection_timeout=300)
         server.listen(settings.http_port)
         log.info(
             "run-handler listening on http://localhost:%d (bucket %s, database %s)",

@@ -137,6 +137,8 @@ class RunHandler(JSONHandler):
             async for chunk in chunks:
                 self.write(chunk)
                 await self.flush()
+        except tornado.iostream.StreamClosedError:
+            return  # the client went away
         except Exception:
             # The status line is gone already; a short body and a closed connection tell the client.
             log.exception("reading %s failed mid-stream", key)

@@ -69,7 +69,13 @@ class Database:
         Raises RunError 409 if an id already exists, 503 if nothing was written, and
         CommitUnknown if the connection broke mid-statement and the rows could not be looked up.
         """
-        columns = [[str(v) if isinstance(v, uuid.UUID) else v for v in col] for col in zip(*rows)]
+        columns = (
+            [str(r.id) for r in rows],
+            [str(r.trace_id) for r in rows],
+            [r.name for r in rows],
+            [r.object_key for r in rows],
+            [r.size_bytes for r in rows],
+        )
         try:
             conn = await self._pool.acquire()
         except (psycopg2.Error, OSError, TimeoutError) as e:
@@ -112,9 +118,7 @@ class Database:
 
     async def find_run(self, run_id: uuid.UUID) -> tuple[str, int] | None:
         """The object key and size of a run, or None."""
-        rows = await self._fetch(
-            "SELECT object_key, size_bytes FROM runs WHERE id = %s", (str(run_id),)
-        )
+        rows = await self._fetch("SELECT object_key, size_bytes FROM runs WHERE id = %s", (str(run_id),))
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def _fetch(self, sql: str, params: tuple) -> list[tuple]:

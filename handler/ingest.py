@@ -105,7 +105,9 @@ class BatchIngest:
         try:
             await self._store.delete(keys)
         except RunError as e:
-            log.error("could not delete %d objects of a failed batch (gc removes them): %s", len(keys), e.reason)
+            log.error(
+                "could not delete %d objects of a failed batch (gc removes them): %s", len(keys), e.reason
+            )
 
     async def _start_upload(self, run: Run) -> None:
         if run.id in self._ids:

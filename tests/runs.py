@@ -7,7 +7,8 @@ import uuid
 
 # Values a float round trip would change, escapes, non-ASCII, odd key order and nesting.
 FIDELITY_RUN = (
-    b'{"trace_id": "8f0d6a6e-3b7c-4a53-9f1e-2d6c1b0a9e11",  "name":"fidelity \\u00e9 \xc3\xa9 \\ud83d\\ude00",\n'
+    b'{"trace_id": "8f0d6a6e-3b7c-4a53-9f1e-2d6c1b0a9e11",  '
+    b'"name":"fidelity \\u00e9 \xc3\xa9 \\ud83d\\ude00",\n'
     b' "zeta": 1, "alpha": 2,\n'
     b' "inputs": {"big": 123456789012345678901234567890, "over53": 9007199254740993,'
     b' "tenth": 0.1, "huge": 1e400, "tiny": 1E-400, "neg": -0.0, "exp": 2.50e+3},\n'

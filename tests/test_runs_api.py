@@ -22,7 +22,7 @@ def test_round_trip_keeps_order_and_values(client, store):
     assert response.status == 201, response.body
     ids = response.json()["ids"]
     assert len(ids) == 5
-    for run_id, sent in zip(ids, runs):
+    for run_id, sent in zip(ids, runs, strict=True):
         got = client.get(f"/runs/{run_id}")
         assert got.status == 200
         assert got.json() == {"id": run_id, **sent}
@@ -55,7 +55,7 @@ def test_values_come_back_exactly_as_sent(client):
 
 @pytest.mark.parametrize("chunking", ["1-byte", "random"])
 def test_chunking_does_not_change_what_is_stored(client, chunking):
-    supplied = [run(id=str(uuid.uuid4()), inputs={"text": "}{][\\\"" * 10}) for _ in range(3)]
+    supplied = [run(id=str(uuid.uuid4()), inputs={"text": '}{][\\"' * 10}) for _ in range(3)]
     body = b"[" + FIDELITY_RUN + b"," + batch(*supplied)[1:]
     if chunking == "1-byte":
         chunks = split(body, 1)
@@ -71,7 +71,7 @@ def test_chunking_does_not_change_what_is_stored(client, chunking):
     ids = response.json()["ids"]
     assert ids[1:] == [r["id"] for r in supplied]
     assert client.get(f"/runs/{ids[0]}").body == with_id(FIDELITY_RUN, ids[0])
-    for run_id, sent in zip(ids[1:], supplied):
+    for run_id, sent in zip(ids[1:], supplied, strict=True):
         assert client.get(f"/runs/{run_id}").body == json.dumps(sent).encode()
 
 
@@ -130,7 +130,9 @@ REJECTED = [
     pytest.param(VALID[:-1] + b", garbage]", 400, "invalid JSON", id="garbage-after-runs"),
     pytest.param(VALID + b"[]", 400, "invalid JSON", id="two-top-level-values"),
     pytest.param(b'{"runs": []}', 400, "array", id="object-at-top-level"),
-    pytest.param(VALID[:-1] + b', {"name": "no trace"}]', 400, "run 3: trace_id is required", id="invalid-run"),
+    pytest.param(
+        VALID[:-1] + b', {"name": "no trace"}]', 400, "run 3: trace_id is required", id="invalid-run"
+    ),
     pytest.param(VALID[:-1] + b", 7]", 400, "run 3 must be an object", id="not-an-object"),
 ]
 
@@ -189,7 +191,9 @@ def test_client_disconnect_mid_body_leaves_nothing(client, store):
     "body, words, index",
     [
         pytest.param(batch(*[run() for _ in range(6)]), "more than 5 runs", 5, id="too-many-runs"),
-        pytest.param(batch(run(), run(inputs={"x": "y" * 3000})), "run 1 is larger than 2000", 1, id="run-too-big"),
+        pytest.param(
+            batch(run(), run(inputs={"x": "y" * 3000})), "run 1 is larger than 2000", 1, id="run-too-big"
+        ),
         pytest.param(
             batch(*[run(inputs={"x": "y" * 1500}) for _ in range(5)]) + b" " * 15000,
             "body is larger than 20000",
