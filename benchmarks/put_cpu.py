@@ -50,7 +50,8 @@ async def measure(count: int, size: int) -> None:
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             print(
                 f"{label:<36} {cpu / count * 1000:6.3f} ms CPU per PUT   "
-                f"{count / wall:7.0f} PUT/s   ({count} x {size} bytes, concurrency {settings.upload_concurrency})"
+                f"{count / wall:7.0f} PUT/s   ({count} x {size} bytes, "
+                f"concurrency {settings.upload_concurrency})"
             )
     finally:
         await store.delete(keys)
