@@ -61,13 +61,15 @@ class RunSplitter:
         self.max_run_bytes = max_run_bytes
         self.max_runs = max_runs
         self._events = ijson.sendable_list()
-        self._parser = ijson.parse_coro(self._events)
+        # basic_parse: events without prefixes, which cost ijson a string per event.
+        self._parser = ijson.basic_parse_coro(self._events)
         # Validator state.
         self._seen_array = False
         self._run: _Fields | None = None  # the run being received
         self._closed: _Fields | None = None  # the run the last piece closed
         self._keys: set[str] = set()
-        self._key: str | None = None
+        self._key: str | None = None  # a run's field whose value comes next
+        self._depth = 0  # 1 inside the array, 2 inside a run
         self._count = 0
         self._event_count = 0
         # Bytes of the run being received (and the separators before it).
@@ -77,13 +79,14 @@ class RunSplitter:
         self._hold = 0
 
     def feed(self, chunk: bytes) -> list[Run]:
-        self._unfed += chunk
-        if len(self._unfed) < self._hold:
-            if len(self._pending) + len(self._unfed) > self.max_run_bytes and self._run is not None:
-                raise self._too_large(self._run.index)
-            return []
-        chunk = bytes(self._unfed)
-        self._unfed.clear()
+        if self._unfed or self._hold:
+            self._unfed += chunk
+            if len(self._unfed) < self._hold:
+                if self._run is not None and len(self._pending) + len(self._unfed) > self.max_run_bytes:
+                    raise self._too_large(self._run.index)
+                return []
+            chunk = bytes(self._unfed)
+            self._unfed.clear()
         events_before = self._event_count
         runs = self._feed_pieces(chunk)
         self._hold = 0 if self._event_count > events_before else 2 * max(self._hold, len(chunk))
@@ -132,36 +135,57 @@ class RunSplitter:
         self._validate()
 
     def _validate(self) -> None:
+        """Check the events ijson produced; runs are the objects at depth 2 (inside the array).
+
+        This loop sees every token of the body, so it keeps its state in locals and tests the
+        most frequent events first.
+        """
         events = self._events
         self._event_count += len(events)
-        for prefix, event, value in events:
-            if self._key is not None:
-                # First event of a top-level field's value.
-                self._check_field(self._key, event, value)
-                self._key = None
-            elif prefix == "item":
-                if event == "map_key":
+        depth, key = self._depth, self._key
+        for event, value in events:
+            if key is not None:  # the first event of a run's top-level field
+                self._check_field(key, event, value)
+                key = None
+                if event == "start_map" or event == "start_array":
+                    depth += 1
+            elif event == "map_key":
+                if depth == 2:
                     if value in self._keys:
                         raise self._error(f"duplicate key {value!r}")
                     self._keys.add(value)
-                    self._key = value
-                elif event == "start_map":
-                    if self._count >= self.max_runs:
-                        raise RunError(413, f"batch has more than {self.max_runs} runs", self._count)
-                    self._run = _Fields(self._count)
-                    self._count += 1
-                    self._keys = set()
-                elif event == "end_map":
-                    self._finish_run()
-                else:
-                    kind = "array" if event == "start_array" else event
-                    raise RunError(400, f"run {self._count} must be an object, got {kind}", self._count)
-            elif prefix == "":
-                if event == "start_array":
-                    self._seen_array = True
-                elif event != "end_array":
+                    key = value
+            elif event == "start_map":
+                depth += 1
+                if depth == 2:
+                    self._start_run()
+                elif depth == 1:
                     raise RunError(400, "body must be a JSON array of runs")
+            elif event == "end_map":
+                depth -= 1
+                if depth == 1:
+                    self._finish_run()
+            elif event == "start_array":
+                depth += 1
+                if depth == 1:
+                    self._seen_array = True
+                elif depth == 2:
+                    raise RunError(400, f"run {self._count} must be an object, got array", self._count)
+            elif event == "end_array":
+                depth -= 1
+            elif depth < 2:  # a scalar outside any run
+                if depth == 0:
+                    raise RunError(400, "body must be a JSON array of runs")
+                raise RunError(400, f"run {self._count} must be an object, got {event}", self._count)
+        self._depth, self._key = depth, key
         events.clear()
+
+    def _start_run(self) -> None:
+        if self._count >= self.max_runs:
+            raise RunError(413, f"batch has more than {self.max_runs} runs", self._count)
+        self._run = _Fields(self._count)
+        self._count += 1
+        self._keys = set()
 
     def _check_field(self, key: str, event: str, value: object) -> None:
         run = self._run
