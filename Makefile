@@ -1,4 +1,6 @@
 # The usual verbs. `make server` and `make test` each do all set-up on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,11 +8,13 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade server test-setup test lint lint-fix format clean
+        db-downgrade server test-setup test benchmark memprofile lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on :8000"
 	@echo "make test          install, start services, reset the test database and bucket, run pytest"
+	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
+	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make services-up | services-down | db-migrate | db-downgrade | test-setup | lint | format"
 
 $(INSTALLED): setup.cfg setup.py pyproject.toml
@@ -52,15 +56,28 @@ test-setup: install
 test: test-setup
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Saves under .benchmarks/ and compares with the previous save (none the first time).
+benchmark: test-setup
+	$(TEST_ENV) $(BIN)/python -m pytest benchmarks/test_ingest.py -p no:cacheprovider \
+		--benchmark-autosave --benchmark-compare --benchmark-columns=min,max,median,iqr,rounds
+	$(TEST_ENV) $(BIN)/python -m benchmarks.put_cpu | tee .benchmarks/put_cpu.txt
+	$(BIN)/python -m benchmarks.report
+
+memprofile: test-setup
+	@mkdir -p .benchmarks
+	$(TEST_ENV) $(BIN)/python -m pytest -q --memray benchmarks/test_memory.py -p no:cacheprovider \
+		| tee .benchmarks/memory.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 | tee -a .benchmarks/memory.txt
+
 lint: install
-	$(BIN)/ruff check handler tests
-	$(BIN)/ruff format --check handler tests
+	$(BIN)/ruff check handler tests benchmarks
+	$(BIN)/ruff format --check handler tests benchmarks
 
 lint-fix: install
-	$(BIN)/ruff check --fix handler tests
+	$(BIN)/ruff check --fix handler tests benchmarks
 
 format: install
-	$(BIN)/ruff format handler tests
+	$(BIN)/ruff format handler tests benchmarks
 
 clean: services-down
 	rm -rf .services

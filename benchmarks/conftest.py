@@ -6,9 +6,7 @@ Every service/floor pair is measured in the same session, and the summary prints
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +18,6 @@ from tests.server import start_server
 if os.environ.get("RUN_HANDLER_ENV") != "test":
     pytest.exit("run the benchmarks with RUN_HANDLER_ENV=test (make benchmark does)", returncode=2)
 
-RATIOS_FILE = Path(".benchmarks") / "ratios.json"
 _medians: dict[str, float] = {}
 _sizes: dict[str, tuple[int, int]] = {}  # name -> (bytes, runs) moved per round
 
@@ -56,6 +53,8 @@ def backends(loop, settings):
 
 
 def record(name: str, benchmark, nbytes: int, nruns: int) -> None:
+    """Keep what the summary and benchmarks/report.py need: the median, bytes and runs per round."""
+    benchmark.extra_info.update(bytes=nbytes, runs=nruns)
     _medians[name] = benchmark.stats.stats.median
     _sizes[name] = (nbytes, nruns)
 
@@ -87,5 +86,3 @@ def pytest_terminal_summary(terminalreporter):
             f"{row['workload']:<22} service {row['median_s'] * 1000:9.1f} ms   floor {floor}   "
             f"ratio {ratio:>5}   {row['mb_per_s']:8.1f} MB/s   {row['runs_per_s']:9.1f} runs/s"
         )
-    RATIOS_FILE.parent.mkdir(exist_ok=True)
-    RATIOS_FILE.write_text(json.dumps(rows, indent=2))

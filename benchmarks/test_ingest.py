@@ -22,7 +22,7 @@ from handler.db import RunRow
 from handler.ingest import object_key
 from tests.runs import split, with_id
 
-ROUNDS = 5
+ROUNDS = 7
 CHUNK = 64 * 1024
 
 
