@@ -46,6 +46,7 @@ class Settings:
     max_body_bytes: int
     max_run_bytes: int
     max_runs_per_batch: int
+    max_depth: int
     upload_concurrency: int
     upload_window_bytes: int
     db_pool_size: int
@@ -83,6 +84,7 @@ class Settings:
             max_body_bytes=get_int("MAX_BODY_BYTES", 4096 * MIB),
             max_run_bytes=get_int("MAX_RUN_BYTES", 100 * MIB),
             max_runs_per_batch=get_int("MAX_RUNS_PER_BATCH", 100_000),
+            max_depth=get_int("MAX_DEPTH", 512),
             upload_concurrency=get_int("UPLOAD_CONCURRENCY", 16),
             upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 64 * MIB),
             db_pool_size=get_int("DB_POOL_SIZE", 10),

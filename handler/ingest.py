@@ -58,7 +58,7 @@ class BatchIngest:
         self._store = store
         self._db = db
         self._max_body_bytes = settings.max_body_bytes
-        self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch)
+        self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch, settings.max_depth)
         self._window = UploadWindow(settings.upload_concurrency, settings.upload_window_bytes)
         self._rows: list[RunRow] = []
         self._ids: set[uuid.UUID] = set()

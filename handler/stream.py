@@ -57,9 +57,11 @@ class _Fields:
 class RunSplitter:
     """Feed it the body's chunks in order; it returns the runs completed by each chunk."""
 
-    def __init__(self, max_run_bytes: int, max_runs: int) -> None:
+    def __init__(self, max_run_bytes: int, max_runs: int, max_depth: int = 512) -> None:
         self.max_run_bytes = max_run_bytes
         self.max_runs = max_runs
+        # Counted from the top-level array: a run's own fields are at depth 2.
+        self.max_depth = max_depth
         self._events = ijson.sendable_list()
         # basic_parse: events without prefixes, which cost ijson a string per event.
         self._parser = ijson.basic_parse_coro(self._events)
@@ -148,7 +150,7 @@ class RunSplitter:
                 self._check_field(key, event, value)
                 key = None
                 if event == "start_map" or event == "start_array":
-                    depth += 1
+                    depth += 1  # 3, below any sensible max_depth
             elif event == "map_key":
                 if depth == 2:
                     if value in self._keys:
@@ -157,6 +159,8 @@ class RunSplitter:
                     key = value
             elif event == "start_map":
                 depth += 1
+                if depth > self.max_depth:
+                    raise self._too_deep()
                 if depth == 2:
                     self._start_run()
                 elif depth == 1:
@@ -167,6 +171,8 @@ class RunSplitter:
                     self._finish_run()
             elif event == "start_array":
                 depth += 1
+                if depth > self.max_depth:
+                    raise self._too_deep()
                 if depth == 1:
                     self._seen_array = True
                 elif depth == 2:
@@ -210,6 +216,9 @@ class RunSplitter:
             raise self._error("name is required")
         self._closed = run
         self._run = None
+
+    def _too_deep(self) -> RunError:
+        return self._error(f"nested deeper than {self.max_depth} levels")
 
     def _error(self, reason: str) -> RunError:
         return RunError(400, f"run {self._run.index}: {reason}", self._run.index)
