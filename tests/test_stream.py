@@ -120,7 +120,7 @@ def test_run_count_limit():
 
 def test_nesting_deeper_than_the_limit_is_refused_early():
     splitter = RunSplitter(max_run_bytes=1 << 30, max_runs=10, max_depth=64)
-    splitter.feed(b"[{" + T + b', "name": "x", "inputs": {"a": ' + b"[" * 62)  # depth 64: fine
+    splitter.feed(b"[{" + T + b', "name": "x", "inputs": {"a": ' + b"[" * 61)  # depth 64: fine
     with pytest.raises(RunError) as e:
         splitter.feed(b"[" * 100_000)
     assert e.value.status == 400 and "deeper than 64" in e.value.reason and e.value.index == 0
