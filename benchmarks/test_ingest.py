@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks.conftest import record
 from benchmarks.workloads import WORKLOADS, encode
+from handler.auth import OPEN_TENANT
 from handler.db import RunRow
 from handler.ingest import object_key
 from tests.runs import split, with_id
@@ -63,7 +64,7 @@ def test_storage_floor(benchmark, loop, backends, settings, workload):
         for raw, (trace_id, run_name) in zip(parts, heads, strict=True):
             run_id = uuid.uuid4()
             stored = with_id(raw, str(run_id))
-            key = object_key(run_id)
+            key = object_key(OPEN_TENANT, run_id)
             objects.append((key, stored))
             rows.append(RunRow(run_id, trace_id, run_name, key, len(stored)))
         return (objects, rows), {}
@@ -76,7 +77,7 @@ def test_storage_floor(benchmark, loop, backends, settings, workload):
                 await store.put(key, data)
 
         await asyncio.gather(*(put(key, data) for key, data in objects))
-        await db.insert_runs(rows)
+        await db.insert_runs(OPEN_TENANT, rows)
 
     benchmark.group = name
     benchmark.name = f"floor_{name}"
@@ -98,7 +99,7 @@ def stored_run(request, server, loop, backends):
     response = server.client.post(encode(runs)[0])
     assert response.status == 201
     (run_id,) = response.json()["ids"]
-    key, size = loop.run_until_complete(db.find_run(uuid.UUID(run_id)))
+    key, size = loop.run_until_complete(db.find_run(OPEN_TENANT, uuid.UUID(run_id)))
     url = loop.run_until_complete(
         store._client.generate_presigned_url(
             "get_object", Params={"Bucket": store.bucket, "Key": key}, ExpiresIn=3600

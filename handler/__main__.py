@@ -1,4 +1,4 @@
-"""Command line: ``python -m handler [serve|migrate|rollback]``."""
+"""Command line: ``python -m handler [serve|migrate|rollback|gc|hash-key]``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 import ijson
 import tornado.httpserver
 
-from handler.app import make_app
+from handler.app import InFlight, make_app
+from handler.auth import ApiKeys, hash_key
 from handler.config import Settings, env_file
 from handler.db import Database
+from handler.gc import collect_garbage
 from handler.migrations import migrate, rollback_last
 from handler.storage import ObjectStore
 
@@ -23,13 +26,21 @@ async def serve(settings: Settings) -> None:
     if ijson.backend != "yajl2_c":
         log.warning("ijson is using its %s backend; install yajl2_c support for speed", ijson.backend)
     log.info("ijson backend: %s", ijson.backend)
+    if ApiKeys(settings.api_keys).open:
+        log.warning(
+            "NO API KEYS CONFIGURED: anyone who can reach this port can write and read runs "
+            "(all in tenant 'default'). Set API_KEYS to require an x-api-key header."
+        )
     store = ObjectStore(settings)
     db = Database(settings)
     await store.start()
     try:
         await store.ensure_bucket()
         await db.start()
-        server = tornado.httpserver.HTTPServer(make_app(settings, store, db), idle_connection_timeout=300)
+        in_flight = InFlight()
+        server = tornado.httpserver.HTTPServer(
+            make_app(settings, store, db, in_flight), idle_connection_timeout=300
+        )
         server.listen(settings.http_port)
         log.info(
             "run-handler listening on http://localhost:%d (bucket %s, database %s)",
@@ -42,18 +53,40 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping")
-        server.stop()
-        await server.close_all_connections()
+        await shut_down(server, in_flight, settings.shutdown_timeout)
     finally:
         await db.close()
         await store.close()
 
 
+async def shut_down(server: tornado.httpserver.HTTPServer, in_flight: InFlight, timeout: float) -> None:
+    """Stop accepting, let the batches being received finish (up to ``timeout`` seconds), then
+    close what is left: those batches fail cleanly -- their objects are deleted, no row is written."""
+    server.stop()
+    log.info("stopping: no new connections; waiting up to %ss for %d batch(es)", timeout, in_flight.count)
+    if not await in_flight.wait_idle(timeout):
+        log.warning("closing %d batch(es) still streaming after %ss", in_flight.count, timeout)
+    await server.close_all_connections()
+    if in_flight.cleanups:
+        await asyncio.wait(list(in_flight.cleanups), timeout=60)
+    log.info("stopped")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m handler")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate", "rollback"])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="apply migrations and serve (the default)")
+    commands.add_parser("migrate", help="apply pending migrations")
+    commands.add_parser("rollback", help="roll back the most recent migration")
+    gc = commands.add_parser("gc", help="delete objects that no committed run points at")
+    gc.add_argument("--grace-seconds", type=int, default=3600, help="only objects older than this")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    hasher = commands.add_parser("hash-key", help="print the SHA-256 of an API key (read from stdin)")
+    hasher.add_argument("key", nargs="?", help="the key; read from stdin when absent")
     args = parser.parse_args()
+    if args.command == "hash-key":
+        print(hash_key(args.key if args.key is not None else sys.stdin.readline().strip()))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     log.info("settings from the environment and %s", env_file())
@@ -61,7 +94,11 @@ def main() -> None:
         log.info("rolled back %d migration(s)", rollback_last(settings))
         return
     log.info("applied %d migration(s)", migrate(settings))
-    if args.command == "serve":
+    if args.command == "gc":
+        scanned, removed = asyncio.run(collect_garbage(settings, args.grace_seconds, args.dry_run))
+        verb = "would delete" if args.dry_run else "deleted"
+        log.info("gc: %d objects scanned, %s %d without a run", scanned, verb, removed)
+    elif args.command in (None, "serve"):
         asyncio.run(serve(settings))
 
 

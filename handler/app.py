@@ -10,6 +10,7 @@ import uuid
 import tornado.iostream
 import tornado.web
 
+from handler.auth import ApiKeys
 from handler.config import Settings
 from handler.db import Database
 from handler.errors import RunError
@@ -24,8 +25,47 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _NO_TORNADO_LIMIT = 1 << 62
 
 
+class InFlight:
+    """The POST /runs requests being served, so that a shutdown can wait for them to end."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.cleanups: set[asyncio.Task] = set()  # aborts of batches whose client went away
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
 class JSONHandler(tornado.web.RequestHandler):
     """Every response, errors included, is JSON."""
+
+    def initialize(self, settings: Settings, store: ObjectStore, db: Database, keys: ApiKeys, **_) -> None:
+        self.config = settings
+        self.store = store
+        self.db = db
+        self.keys = keys
+
+    def authenticate(self) -> str | None:
+        """The caller's tenant; answers 401 and returns None without a valid ``x-api-key``."""
+        tenant = self.keys.tenant_for(self.request.headers.get("x-api-key"))
+        if tenant is None:
+            self.fail(RunError(401, "a valid x-api-key header is required"))
+        return tenant
 
     def fail(self, error: RunError) -> None:
         if error.status >= 500:
@@ -44,6 +84,9 @@ class JSONHandler(tornado.web.RequestHandler):
 
 
 class NotFoundHandler(JSONHandler):
+    def initialize(self) -> None:
+        pass
+
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404)
 
@@ -54,14 +97,17 @@ class RunsHandler(JSONHandler):
 
     SUPPORTED_METHODS = ("POST",)
 
-    def initialize(self, settings: Settings, store: ObjectStore, db: Database) -> None:
-        self.config = settings
-        self.store = store
-        self.db = db
+    def initialize(self, in_flight: InFlight, **deps) -> None:
+        super().initialize(**deps)
+        self.in_flight = in_flight
         self.ingest: BatchIngest | None = None
         self.committing = False
+        self.counted = False  # in self.in_flight
 
     def prepare(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
             return self.fail(RunError(415, "Content-Type must be application/json"))
@@ -69,7 +115,9 @@ class RunsHandler(JSONHandler):
         if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
             return self.fail(RunError(413, f"body is larger than {self.config.max_body_bytes} bytes"))
         self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
-        self.ingest = BatchIngest(self.store, self.db, self.config)
+        self.ingest = BatchIngest(self.store, self.db, self.config, tenant)
+        self.in_flight.enter()
+        self.counted = True
 
     async def data_received(self, chunk: bytes) -> None:
         if self.ingest is None or self._finished:
@@ -97,13 +145,24 @@ class RunsHandler(JSONHandler):
         await self.ingest.abort(error)
         self.fail(error)
 
+    def on_finish(self) -> None:
+        self.leave_in_flight()
+
     def on_connection_close(self) -> None:
         super().on_connection_close()
         # Once the body has ended the insert may already be running: a disconnect then must not
         # delete objects whose rows are about to be committed.
         if self.ingest is not None and not self.committing and not self._finished:
             log.info("client disconnected mid-body after %d bytes", self.ingest.bytes_received)
-            asyncio.ensure_future(self.ingest.abort())
+            task = asyncio.ensure_future(self.ingest.abort())
+            self.in_flight.cleanups.add(task)
+            task.add_done_callback(self.in_flight.cleanups.discard)
+            task.add_done_callback(lambda _: self.leave_in_flight())
+
+    def leave_in_flight(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.in_flight.leave()
 
 
 class RunHandler(JSONHandler):
@@ -111,15 +170,14 @@ class RunHandler(JSONHandler):
 
     SUPPORTED_METHODS = ("GET",)
 
-    def initialize(self, settings: Settings, store: ObjectStore, db: Database) -> None:
-        self.store = store
-        self.db = db
-
     async def get(self, run_id: str) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
         if not _UUID.fullmatch(run_id):
             return self.fail(RunError(400, "run id must be a UUID"))
         try:
-            found = await self.db.find_run(uuid.UUID(run_id))
+            found = await self.db.find_run(tenant, uuid.UUID(run_id))
         except RunError as e:
             return self.fail(e)
         if found is None:
@@ -147,11 +205,13 @@ class RunHandler(JSONHandler):
         self.finish()
 
 
-def make_app(settings: Settings, store: ObjectStore, db: Database) -> tornado.web.Application:
-    deps = {"settings": settings, "store": store, "db": db}
+def make_app(
+    settings: Settings, store: ObjectStore, db: Database, in_flight: InFlight | None = None
+) -> tornado.web.Application:
+    deps = {"settings": settings, "store": store, "db": db, "keys": ApiKeys(settings.api_keys)}
     return tornado.web.Application(
         [
-            (r"/runs", RunsHandler, deps),
+            (r"/runs", RunsHandler, {**deps, "in_flight": in_flight or InFlight()}),
             (r"/runs/([^/]+)", RunHandler, deps),
         ],
         default_handler_class=NotFoundHandler,

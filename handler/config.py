@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from handler.auth import ApiKeys
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 
@@ -50,6 +52,8 @@ class Settings:
     upload_concurrency: int
     upload_window_bytes: int
     db_pool_size: int
+    api_keys: str
+    shutdown_timeout: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,6 +72,12 @@ class Settings:
                 return int(raw)
             except ValueError:
                 raise SystemExit(f"run-handler: {name} must be an integer, got {raw!r}") from None
+
+        api_keys = get("API_KEYS", "")
+        try:
+            ApiKeys(api_keys)
+        except ValueError as e:
+            raise SystemExit(f"run-handler: {e}") from None
 
         return cls(
             db_host=get("DB_HOST", "localhost"),
@@ -88,6 +98,8 @@ class Settings:
             upload_concurrency=get_int("UPLOAD_CONCURRENCY", 16),
             upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 64 * MIB),
             db_pool_size=get_int("DB_POOL_SIZE", 10),
+            api_keys=api_keys,
+            shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
         )
 
     @property

@@ -25,8 +25,8 @@ class RunRow(NamedTuple):
 # One statement, so one round trip and one transaction, however many rows: the rows travel as
 # five arrays and unnest() turns them back into rows.
 _INSERT = """
-INSERT INTO runs (id, trace_id, name, object_key, size_bytes)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::bigint[])
+INSERT INTO runs (tenant, id, trace_id, name, object_key, size_bytes)
+SELECT %s, * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::bigint[])
 """
 
 
@@ -63,13 +63,14 @@ class Database:
             self._pool.close()
             await self._pool.wait_closed()
 
-    async def insert_runs(self, rows: Sequence[RunRow]) -> None:
-        """Insert all rows or none.
+    async def insert_runs(self, tenant: str, rows: Sequence[RunRow]) -> None:
+        """Insert all rows of a tenant's batch, or none.
 
         Raises RunError 409 if an id already exists, 503 if nothing was written, and
         CommitUnknown if the connection broke mid-statement and the rows could not be looked up.
         """
         columns = (
+            tenant,
             [str(r.id) for r in rows],
             [str(r.trace_id) for r in rows],
             [r.name for r in rows],
@@ -84,21 +85,22 @@ class Database:
             async with conn.cursor() as cur:
                 await cur.execute(_INSERT, columns)
         except psycopg2.errors.UniqueViolation:
-            await self._raise_conflict(rows)
+            await self._raise_conflict(tenant, rows)
         except psycopg2.Error as e:
             if e.pgcode is not None:
                 raise database_error(e) from e  # the server aborted the statement
-            await self._settle_unknown_commit(rows, e)
+            await self._settle_unknown_commit(tenant, rows, e)
         except (OSError, TimeoutError) as e:
-            await self._settle_unknown_commit(rows, e)
+            await self._settle_unknown_commit(tenant, rows, e)
         finally:
             self._pool.release(conn)
 
-    async def _settle_unknown_commit(self, rows: Sequence[RunRow], error: Exception) -> None:
+    async def _settle_unknown_commit(self, tenant: str, rows: Sequence[RunRow], error: Exception) -> None:
         """Look the rows up on a new connection: all there means the insert committed."""
         try:
             found = await self._fetch(
-                "SELECT count(*) FROM runs WHERE id = ANY(%s::uuid[])", ([str(r.id) for r in rows],)
+                "SELECT count(*) FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+                (tenant, [str(r.id) for r in rows]),
             )
         except RunError:
             raise CommitUnknown(503, f"database unavailable: {error}".strip()) from error
@@ -106,9 +108,10 @@ class Database:
             return
         raise database_error(error) from error
 
-    async def _raise_conflict(self, rows: Sequence[RunRow]) -> None:
+    async def _raise_conflict(self, tenant: str, rows: Sequence[RunRow]) -> None:
         found = await self._fetch(
-            "SELECT id FROM runs WHERE id = ANY(%s::uuid[])", ([str(r.id) for r in rows],)
+            "SELECT id FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            (tenant, [str(r.id) for r in rows]),
         )
         existing = {uuid.UUID(str(row[0])) for row in found}
         for index, row in enumerate(rows):
@@ -116,10 +119,17 @@ class Database:
                 raise RunError(409, f"run {index}: id {row.id} already exists", index)
         raise RunError(409, "a run id already exists")
 
-    async def find_run(self, run_id: uuid.UUID) -> tuple[str, int] | None:
-        """The object key and size of a run, or None."""
-        rows = await self._fetch("SELECT object_key, size_bytes FROM runs WHERE id = %s", (str(run_id),))
+    async def find_run(self, tenant: str, run_id: uuid.UUID) -> tuple[str, int] | None:
+        """The object key and size of a tenant's run, or None."""
+        rows = await self._fetch(
+            "SELECT object_key, size_bytes FROM runs WHERE tenant = %s AND id = %s", (tenant, str(run_id))
+        )
         return (rows[0][0], rows[0][1]) if rows else None
+
+    async def stored_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these object keys belong to a committed run."""
+        rows = await self._fetch("SELECT object_key FROM runs WHERE object_key = ANY(%s)", (list(keys),))
+        return {row[0] for row in rows}
 
     async def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         try:

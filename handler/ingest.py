@@ -19,10 +19,11 @@ from handler.stream import Run, RunSplitter
 log = logging.getLogger(__name__)
 
 
-def object_key(run_id: uuid.UUID) -> str:
+def object_key(tenant: str, run_id: uuid.UUID) -> str:
     """A fresh key per upload, so a batch that reuses an existing id can never overwrite the
-    stored run: it fails with 409 and its own object is deleted."""
-    return f"runs/{run_id}/{uuid.uuid4().hex}.json"
+    stored run: it fails with 409 and its own object is deleted. The tenant is a checked name
+    (auth.TENANT_NAME) and the rest is generated, so no client input can leave the tenant's prefix."""
+    return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.json"
 
 
 class UploadWindow:
@@ -54,7 +55,8 @@ class UploadWindow:
 
 
 class BatchIngest:
-    def __init__(self, store: ObjectStore, db: Database, settings: Settings) -> None:
+    def __init__(self, store: ObjectStore, db: Database, settings: Settings, tenant: str) -> None:
+        self.tenant = tenant
         self._store = store
         self._db = db
         self._max_body_bytes = settings.max_body_bytes
@@ -84,7 +86,7 @@ class BatchIngest:
             await asyncio.wait(list(self._uploads))
         self._raise_failure()
         if self._rows:
-            await self._db.insert_runs(self._rows)
+            await self._db.insert_runs(self.tenant, self._rows)
         return [str(row.id) for row in self._rows]
 
     async def abort(self, error: BaseException | None = None) -> None:
@@ -113,7 +115,7 @@ class BatchIngest:
         if run.id in self._ids:
             raise RunError(409, f"run {run.index}: id {run.id} is repeated in the batch", run.index)
         self._ids.add(run.id)
-        key = object_key(run.id)
+        key = object_key(self.tenant, run.id)
         size = len(run.body)
         await self._window.acquire(size)
         if self._aborted:  # the request ended while we waited for room

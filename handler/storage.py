@@ -139,6 +139,12 @@ class ObjectStore:
         except (BotoCoreError, ClientError, OSError, RuntimeError) as e:
             raise storage_error("delete", e) from e
 
+    async def list_objects(self) -> AsyncIterator[list[dict]]:
+        """Yield the bucket's objects a page (up to 1000) at a time: dicts with Key and LastModified."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket):
+            yield page.get("Contents", [])
+
     async def read(self, key: str) -> AsyncIterator[bytes]:
         """Yield the object's bytes in chunks, without holding it whole."""
         url = await self._presign("get_object", key)

@@ -1,0 +1,44 @@
+"""Delete objects that no committed run points at.
+
+A batch uploads its runs before it writes their rows. A batch that fails deletes its objects,
+but a process killed mid-batch (or a failure of the delete itself, or an insert whose outcome
+was unknown) leaves objects without rows. They are invisible -- GET finds runs through their
+rows -- and this removes them. Only objects older than the grace period are touched, so batches
+still streaming are safe as long as none lasts longer than that.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from handler.config import Settings
+from handler.db import Database
+from handler.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool = False) -> tuple[int, int]:
+    """Returns (objects scanned, objects without a row deleted, or found with ``dry_run``)."""
+    store, db = ObjectStore(settings), Database(settings)
+    await store.start()
+    await db.start()
+    scanned = removed = 0
+    cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+    try:
+        async for page in store.list_objects():
+            scanned += len(page)
+            old = [o["Key"] for o in page if o["LastModified"] < cutoff]
+            if not old:
+                continue
+            orphans = sorted(set(old) - await db.stored_keys(old))
+            for key in orphans:
+                log.info("%s %s", "would delete" if dry_run else "deleting", key)
+            if orphans and not dry_run:
+                await store.delete(orphans)
+            removed += len(orphans)
+    finally:
+        await db.close()
+        await store.close()
+    return scanned, removed
