@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade server test-setup test benchmark memprofile lint lint-fix format clean
+        db-downgrade gc server test-setup test benchmark memprofile lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on :8000"
@@ -45,6 +45,11 @@ db-migrate: install services-up
 
 db-downgrade: install services-up
 	$(BIN)/python -m handler rollback
+
+# Objects that no committed run points at (left by a crash); GRACE_SECONDS protects live batches.
+GRACE_SECONDS ?= 3600
+gc: install services-up
+	$(BIN)/python -m handler gc --grace-seconds $(GRACE_SECONDS)
 
 server: install services-up
 	$(BIN)/python -m handler serve

@@ -5,6 +5,7 @@
 #   scripts/services.sh down     stop both, by their own pid / pg_ctl
 #   scripts/services.sh status
 #   scripts/services.sh minio    only build (or find) the MinIO binary and print its path
+#   scripts/services.sh {start,stop}-{postgres,minio}   one service (the fault tests use these)
 #
 # Ports and credentials come from the environment, else from .env (.env.test when
 # RUN_HANDLER_ENV=test): DB_PORT DB_USER DB_PASSWORD DB_NAME S3_ENDPOINT_URL S3_ACCESS_KEY
@@ -225,5 +226,13 @@ status)
   minio_running && say "MinIO running (pid $(cat "$MINIO_PID"))" || say "MinIO not running"
   ;;
 minio) minio_binary; echo "$MINIO_BIN" ;;
-*) die "usage: $0 up|down|status|minio" ;;
+start-postgres) pg_up ;;
+stop-postgres) pg_down ;;
+start-minio) minio_up ;;
+stop-minio) minio_down ;;
+owns)
+  # Exit 0 if both services are the ones this script started (so the fault tests may stop them).
+  pg_running && minio_running
+  ;;
+*) die "usage: $0 up|down|status|minio|owns|{start,stop}-{postgres,minio}" ;;
 esac

@@ -32,10 +32,12 @@ class HttpClient:
         self, path: str = "/runs", content_type: str = "application/json", headers: dict | None = None
     ) -> http.client.HTTPConnection:
         """Send the request line and headers of a chunked POST; the caller sends the chunks."""
+        headers = {"Content-Type": content_type, **(headers or {})}
+        if "Content-Length" not in headers:
+            headers["Transfer-Encoding"] = "chunked"
         conn = self.connect()
         conn.putrequest("POST", path)
-        conn.putheader("Content-Type", content_type)
-        for name, value in (headers or {"Transfer-Encoding": "chunked"}).items():
+        for name, value in headers.items():
             conn.putheader(name, value)
         conn.endheaders()
         return conn
@@ -60,12 +62,16 @@ class HttpClient:
             conn.close()
 
     def post(
-        self, chunks: Iterable[bytes] | bytes, path: str = "/runs", content_type: str = "application/json"
+        self,
+        chunks: Iterable[bytes] | bytes,
+        path: str = "/runs",
+        content_type: str = "application/json",
+        headers: dict | None = None,
     ) -> Response:
         """POST a body, chunked transfer encoding, one HTTP chunk per item of ``chunks``."""
         if isinstance(chunks, bytes):
             chunks = [chunks]
-        conn = self.start_post(path, content_type)
+        conn = self.start_post(path, content_type, headers)
         try:
             for chunk in chunks:
                 if chunk:
@@ -83,10 +89,10 @@ class HttpClient:
             pass
         return self.finish(conn, chunked=False)
 
-    def get(self, path: str) -> Response:
+    def get(self, path: str, headers: dict | None = None) -> Response:
         conn = self.connect()
         try:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=headers or {})
             response = conn.getresponse()
             return Response(response.status, response.read())
         finally:

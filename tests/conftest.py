@@ -8,6 +8,7 @@ database and the bucket directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -60,18 +61,30 @@ def s3(settings: Settings):
     return s3_client(settings)
 
 
+class FreshConnections:
+    """``with db.cursor() as cur:`` on a new autocommit connection each time, so the tests keep
+    working after a fault test has restarted PostgreSQL."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @contextlib.contextmanager
+    def cursor(self):
+        s = self.settings
+        conn = psycopg2.connect(
+            host=s.db_host, port=s.db_port, user=s.db_user, password=s.db_password, dbname=s.db_name
+        )
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
+
+
 @pytest.fixture(scope="session")
-def db(settings: Settings):
-    conn = psycopg2.connect(
-        host=settings.db_host,
-        port=settings.db_port,
-        user=settings.db_user,
-        password=settings.db_password,
-        dbname=settings.db_name,
-    )
-    conn.autocommit = True
-    yield conn
-    conn.close()
+def db(settings: Settings) -> FreshConnections:
+    return FreshConnections(settings)
 
 
 class Store:
