@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc server test-setup test benchmark memprofile lint lint-fix format clean
+        db-downgrade gc server test-setup test benchmark memprofile load lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on :8000"
@@ -73,6 +73,11 @@ memprofile: test-setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q --memray benchmarks/test_memory.py -p no:cacheprovider \
 		| tee .benchmarks/memory.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 | tee -a .benchmarks/memory.txt
+
+# 32 clients streaming batches for 60 s against one server, then every sampled run verified.
+load: install
+	@$(TEST_ENV) scripts/services.sh up
+	$(TEST_ENV) $(BIN)/python -m benchmarks.load $(LOAD_ARGS)
 
 lint: install
 	$(BIN)/ruff check handler tests benchmarks
