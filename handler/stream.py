@@ -23,16 +23,14 @@ import ijson
 
 from handler.errors import RunError
 
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one (and not itself an escaped backslash
+# followed by "u"). yajl turns such a lone surrogate into "?", so it must be caught on the bytes.
+_LONE_HIGH_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+_WHITESPACE = b" \t\r\n"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _OBJECT_FIELDS = ("inputs", "outputs", "metadata")
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 @dataclass(slots=True)
@@ -67,6 +65,7 @@ class RunSplitter:
         self._parser = ijson.basic_parse_coro(self._events)
         # Validator state.
         self._seen_array = False
+        self._ended = False  # the array has closed: only whitespace may follow
         self._run: _Fields | None = None  # the run being received
         self._closed: _Fields | None = None  # the run the last piece closed
         self._keys: set[str] = set()
@@ -83,9 +82,9 @@ class RunSplitter:
     def feed(self, chunk: bytes) -> list[Run]:
         if self._unfed or self._hold:
             self._unfed += chunk
-            if len(self._unfed) < self._hold:
-                if self._run is not None and len(self._pending) + len(self._unfed) > self.max_run_bytes:
-                    raise self._too_large(self._run.index)
+            # Never hold back more than could still belong to the run being received: beyond
+            # that, parsing must say where the run ends before the size limit is judged.
+            if len(self._unfed) < self._hold and len(self._pending) + len(self._unfed) <= self.max_run_bytes:
                 return []
             chunk = bytes(self._unfed)
             self._unfed.clear()
@@ -95,6 +94,10 @@ class RunSplitter:
         return runs
 
     def _feed_pieces(self, chunk: bytes) -> list[Run]:
+        if b"\x0b" in chunk or b"\x0c" in chunk:
+            # yajl takes these as whitespace; JSON does not, and inside a string they are invalid.
+            index = self._run.index if self._run else None
+            raise RunError(400, "invalid JSON: vertical tab or form feed outside a string escape", index)
         runs: list[Run] = []
         pos = 0
         while (brace := chunk.find(b"}", pos)) >= 0:
@@ -119,18 +122,32 @@ class RunSplitter:
     # -- grammar and fields (ijson) -----------------------------------------------------------
 
     def _parse(self, chunk: bytes, last: bool) -> None:
+        if self._events is None:
+            raise RunError(400, "invalid JSON: parsing already failed")
         try:
             if last:
                 self._parser.close()
             else:
                 self._parser.send(chunk)
-        except ijson.JSONError as e:
-            message = e.args[0] if e.args else str(e)
-            if isinstance(message, bytes):
-                message = message.decode("utf-8", "replace")
-            message = message.splitlines()[0] if message else "invalid JSON"
-            # Events parsed before the error still count: they tell which run was broken.
-            self._validate()
+        except (ijson.JSONError, ValueError, ArithmeticError, SystemError) as e:
+            # ijson turns every string and number into a Python value: bytes that yajl lets
+            # through (overlong UTF-8, encoded surrogates) fail to decode, and numbers beyond
+            # Python's limits (over 4300 digits, an exponent of 10**18) fail to convert.
+            if isinstance(e, ijson.JSONError):
+                message = e.args[0] if e.args else str(e)
+                if isinstance(message, bytes):
+                    message = message.decode("utf-8", "replace")
+                message = message.splitlines()[0] if message else "invalid JSON"
+                # Events parsed before the error still count: they tell which run was broken.
+                self._validate()
+            else:
+                # Never read the events after such an error: ijson 3.x can leave an event whose
+                # value is a NULL pointer in the list, and touching it crashes the process.
+                self._events = None
+                if isinstance(e, UnicodeError):
+                    message = "invalid UTF-8 or an unpaired surrogate"
+                else:
+                    message = "a number too large to handle"
             where = f"run {self._run.index}" if self._run else "body"
             index = self._run.index if self._run else None
             raise RunError(400, f"invalid JSON in {where}: {message}", index) from None
@@ -179,6 +196,8 @@ class RunSplitter:
                     raise RunError(400, f"run {self._count} must be an object, got array", self._count)
             elif event == "end_array":
                 depth -= 1
+                if depth == 0:
+                    self._ended = True
             elif depth < 2:  # a scalar outside any run
                 if depth == 0:
                     raise RunError(400, "body must be a JSON array of runs")
@@ -202,8 +221,8 @@ class RunSplitter:
         elif key == "name":
             if event != "string":
                 raise self._error("name must be a string")
-            if "\x00" in value or not value.isprintable() and _has_lone_surrogate(value):
-                raise self._error("name must not contain NUL or unpaired surrogate characters")
+            if "\x00" in value:
+                raise self._error("name must not contain NUL characters")
             run.name = value
         elif key in _OBJECT_FIELDS and event != "start_map":
             raise self._error(f"{key} must be an object")
@@ -218,6 +237,8 @@ class RunSplitter:
         self._run = None
 
     def _too_deep(self) -> RunError:
+        if self._run is None:
+            return RunError(400, f"body nested deeper than {self.max_depth} levels")
         return self._error(f"nested deeper than {self.max_depth} levels")
 
     def _error(self, reason: str) -> RunError:
@@ -226,31 +247,40 @@ class RunSplitter:
     # -- run boundaries and bytes --------------------------------------------------------------
 
     def _feed_piece(self, piece: bytes) -> list[Run]:
+        was_ended = self._ended
         self._parse(piece, last=False)
+        if self._ended:
+            # yajl reports complete values after the array, not a string or number left open.
+            trailing = piece if was_ended else piece[piece.index(b"]") + 1 :]
+            if trailing.strip(_WHITESPACE):
+                raise RunError(400, "invalid JSON in body: data after the array")
+            return []
+        if self._closed is None and self._run is None:
+            return []  # only separators since the last run
+        if not self._pending:
+            # The run starts in this piece, at its first "{": only whitespace, commas and "["
+            # can come before it, and they are not part of the run.
+            piece = piece[piece.index(b"{") :]
+        self._pending += piece
+        if len(self._pending) > self.max_run_bytes:
+            index = self._run.index if self._closed is None else self._closed.index
+            raise self._too_large(index)
         if self._closed is None:
-            if self._run is None:
-                self._pending.clear()  # only separators since the last run
-            else:
-                self._pending += piece
-                if len(self._pending) > self.max_run_bytes:
-                    raise self._too_large(self._run.index)
             return []
         # The piece ends with the brace that closed the run.
         fields, self._closed = self._closed, None
-        self._pending += piece
         return [self._take(fields)]
 
     def _take(self, fields: _Fields) -> Run:
         pending = self._pending
-        start = pending.find(b"{")  # only whitespace, commas and "[" come before it
-        if len(pending) - start > self.max_run_bytes:
-            raise self._too_large(fields.index)
+        if (b"\\ud" in pending or b"\\uD" in pending) and _LONE_HIGH_SURROGATE.search(pending):
+            raise RunError(400, f"run {fields.index}: a \\u escape is an unpaired surrogate", fields.index)
         with memoryview(pending) as view:
             if fields.id is None:
                 fields.id = uuid.uuid4()
-                body = b"".join((b'{"id":"', str(fields.id).encode(), b'",', view[start + 1 :]))
+                body = b"".join((b'{"id":"', str(fields.id).encode(), b'",', view[1:]))
             else:
-                body = bytes(view[start:])
+                body = bytes(view)
         pending.clear()
         return Run(fields.index, fields.id, fields.trace_id, fields.name, body)
 
