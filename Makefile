@@ -15,10 +15,12 @@ help:
 	@echo "make test          install, start services, reset the test database and bucket, run pytest"
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
-	@echo "make services-up | services-down | db-migrate | db-downgrade | test-setup | lint | format"
+	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
+	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc"
+	@echo "make test-setup | lint | lint-fix | format | clean"
 
 $(INSTALLED): setup.cfg setup.py pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.10 or newer"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11 or newer"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ echo "make: could not create a virtualenv: install python3-venv"; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -69,6 +69,10 @@ async def shut_down(server: tornado.httpserver.HTTPServer, in_flight: InFlight, 
     await server.close_all_connections()
     if in_flight.cleanups:
         await asyncio.wait(list(in_flight.cleanups), timeout=60)
+    # A batch that was already committing when its connection closed goes on to its end; the
+    # database and the store must outlive it.
+    if not await in_flight.wait_idle(60):
+        log.error("%d batch(es) still committing after 60 s; stopping anyway", in_flight.count)
     log.info("stopped")
 
 

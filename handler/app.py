@@ -23,6 +23,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # The body limit is enforced by BatchIngest with a clear 413; Tornado's own limit (which answers
 # a bare 400 and closes) is lifted for this route so ours always speaks first.
 _NO_TORNADO_LIMIT = 1 << 62
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²", which int() refuses
 
 
 class InFlight:
@@ -112,7 +113,7 @@ class RunsHandler(JSONHandler):
         if content_type.split(";")[0].strip().lower() != "application/json":
             return self.fail(RunError(415, "Content-Type must be application/json"))
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.config.max_body_bytes:
+        if length is not None and _DIGITS.fullmatch(length) and int(length) > self.config.max_body_bytes:
             return self.fail(RunError(413, f"body is larger than {self.config.max_body_bytes} bytes"))
         self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
         self.ingest = BatchIngest(self.store, self.db, self.config, tenant)

@@ -10,6 +10,7 @@ still streaming are safe as long as none lasts longer than that.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 
 from handler.config import Settings
@@ -18,9 +19,14 @@ from handler.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
+# Only keys that ingest.object_key makes are considered: nothing else in the bucket is touched.
+RUN_OBJECT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}/runs/[0-9a-f-]{36}/[0-9a-f]{32}\.json")
+
 
 async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool = False) -> tuple[int, int]:
     """Returns (objects scanned, objects without a row deleted, or found with ``dry_run``)."""
+    if grace_seconds < 0:
+        raise ValueError("the grace period cannot be negative")
     store, db = ObjectStore(settings), Database(settings)
     await store.start()
     await db.start()
@@ -29,7 +35,9 @@ async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool 
     try:
         async for page in store.list_objects():
             scanned += len(page)
-            old = [o["Key"] for o in page if o["LastModified"] < cutoff]
+            old = [
+                o["Key"] for o in page if o["LastModified"] < cutoff and RUN_OBJECT_KEY.fullmatch(o["Key"])
+            ]
             if not old:
                 continue
             orphans = sorted(set(old) - await db.stored_keys(old))

@@ -18,6 +18,11 @@ from handler.stream import Run, RunSplitter
 
 log = logging.getLogger(__name__)
 
+# Batches whose insert had an unknown outcome, being settled after their request ended.
+_SETTLING: set[asyncio.Task] = set()
+_SETTLE_EVERY_S = 2
+_SETTLE_FOR_S = 600
+
 
 def object_key(tenant: str, run_id: uuid.UUID) -> str:
     """A fresh key per upload, so a batch that reuses an existing id can never overwrite the
@@ -99,8 +104,14 @@ class BatchIngest:
         if self._uploads:
             await asyncio.wait(list(self._uploads))
         if isinstance(error, CommitUnknown):
-            log.error("insert outcome unknown; keeping %d objects for gc", len(self._rows))
+            log.error("insert outcome unknown; settling %d runs in the background", len(self._rows))
+            task = asyncio.create_task(self._settle_later(error.backend))
+            _SETTLING.add(task)
+            task.add_done_callback(_SETTLING.discard)
             return
+        await self._delete_objects()
+
+    async def _delete_objects(self) -> None:
         keys = [row.object_key for row in self._rows]
         if not keys:
             return
@@ -110,6 +121,30 @@ class BatchIngest:
             log.error(
                 "could not delete %d objects of a failed batch (gc removes them): %s", len(keys), e.reason
             )
+
+    async def _settle_later(self, backend: tuple[int, int]) -> None:
+        """Once the database answers again: delete the objects if the insert did not commit."""
+        keys = [row.object_key for row in self._rows]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SETTLE_FOR_S
+        while loop.time() < deadline:
+            await asyncio.sleep(_SETTLE_EVERY_S)
+            try:
+                found = await self._db.count_committed(keys, backend)
+            except Exception as e:  # the database is still away: try again
+                log.debug("settling: %s", e)
+                continue
+            if found == 0:
+                await self._delete_objects()
+                log.info("settled: the insert had not committed; %d objects deleted", len(keys))
+            else:
+                log.warning("settled: the insert had committed (%d of %d rows)", found, len(keys))
+            return
+        log.error(
+            "could not settle %d runs in %d s; gc will remove their objects if unused",
+            len(keys),
+            _SETTLE_FOR_S,
+        )
 
     async def _start_upload(self, run: Run) -> None:
         if run.id in self._ids:

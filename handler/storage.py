@@ -119,7 +119,7 @@ class ObjectStore:
                     error: Exception = S3Error(response.status, await response.read())
                     if response.status not in _RETRY_STATUSES:
                         break
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 error = e
             if attempt + 1 < _ATTEMPTS:
                 await asyncio.sleep(0.05 * 4**attempt)
@@ -154,5 +154,5 @@ class ObjectStore:
                     raise S3Error(response.status, await response.read())
                 async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
                     yield chunk
-        except (S3Error, aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, S3Error, aiohttp.ClientError, OSError) as e:
             raise storage_error("get", e) from e

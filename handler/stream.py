@@ -29,6 +29,9 @@ _LONE_HIGH_SURROGATE = re.compile(
     rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
 )
 _WHITESPACE = b" \t\r\n"
+_SEPARATORS = _WHITESPACE + b",[]"
+_OPEN_BRACE = ord("{")
+MAX_NAME_CHARS = 1024
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _OBJECT_FIELDS = ("inputs", "outputs", "metadata")
 
@@ -223,6 +226,8 @@ class RunSplitter:
                 raise self._error("name must be a string")
             if "\x00" in value:
                 raise self._error("name must not contain NUL characters")
+            if len(value) > MAX_NAME_CHARS:
+                raise self._error(f"name is longer than {MAX_NAME_CHARS} characters")
             run.name = value
         elif key in _OBJECT_FIELDS and event != "start_map":
             raise self._error(f"{key} must be an object")
@@ -248,6 +253,16 @@ class RunSplitter:
 
     def _feed_piece(self, piece: bytes) -> list[Run]:
         was_ended = self._ended
+        if not self._pending and not was_ended:
+            # Between runs only separators may come before a run's "{". Anything else is an
+            # error, found here rather than once ijson has buffered the whole token.
+            rest = piece.lstrip(_SEPARATORS)
+            closes_array = b"]" in piece[: len(piece) - len(rest)]  # what follows is trailing data
+            if rest and rest[0] != _OPEN_BRACE and not closes_array:
+                if not self._seen_array and not piece.lstrip(_WHITESPACE).startswith(b"["):
+                    raise RunError(400, "invalid JSON in body: the body must be a JSON array of runs")
+                index = self._count
+                raise RunError(400, f"invalid JSON in run {index}: run {index} must be an object", index)
         self._parse(piece, last=False)
         if self._ended:
             # yajl reports complete values after the array, not a string or number left open.

@@ -88,10 +88,20 @@ pg_home() {
   fi
 }
 
-PG_HOME="$(pg_home)"
-PGDATA="$PG_HOME/data"
+# Set by pg_paths, after pg_bin: installing PostgreSQL is what creates the 'postgres' user.
+PG_HOME=""
+PGDATA=""
+pg_paths() {
+  [ -n "$PG_HOME" ] && return 0
+  pg_bin >/dev/null
+  PG_HOME="$(pg_home)"
+  PGDATA="$PG_HOME/data"
+}
 
-pg_running() { [ -f "$PGDATA/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
+pg_running() {
+  pg_paths
+  [ -f "$PGDATA/PG_VERSION" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
+}
 
 pg_ensure_database() {
   local psql=("$1/psql" -h localhost -p "$DB_PORT" -U "$DB_USER" -d postgres -Atq)
@@ -104,6 +114,7 @@ pg_ensure_database() {
 pg_up() {
   local bin
   bin="$(pg_bin)"
+  pg_paths
   if ! pg_running && port_in_use "$DB_PORT"; then
     # Someone else's server (docker compose, a system cluster): use it if it takes our login.
     PGPASSWORD="$DB_PASSWORD" "$bin/psql" -h localhost -p "$DB_PORT" -U "$DB_USER" -d postgres -Atqc "SELECT 1" >/dev/null 2>&1 ||

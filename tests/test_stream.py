@@ -90,8 +90,8 @@ T = b'"trace_id": "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10"'
         (b"[{" + T + b', "name": "x"}, {"a": }]', 400, 1, "invalid JSON"),
         (b"[{" + T + b', "name": "x"}', 400, None, "invalid JSON"),
         (b"[] []", 400, None, "invalid JSON"),
-        (b"[NaN]", 400, None, "invalid JSON"),
-        (b'["\xff"]', 400, None, "invalid JSON"),
+        (b"[NaN]", 400, 0, "run 0 must be an object"),
+        (b'["\xff"]', 400, 0, "run 0 must be an object"),
     ],
 )
 def test_rejections_name_the_run_and_reason(body, status, index, words):
@@ -124,3 +124,22 @@ def test_nesting_deeper_than_the_limit_is_refused_early():
     with pytest.raises(RunError) as e:
         splitter.feed(b"[" * 100_000)
     assert e.value.status == 400 and "deeper than 64" in e.value.reason and e.value.index == 0
+
+
+@pytest.mark.parametrize("start", [b'["', b"[1", b'"', b"1", b"[{" + T + b', "name": "x"}, "'])
+def test_a_token_between_runs_is_refused_before_it_is_buffered(start):
+    """Strings and numbers are never runs: refused at once, however long they go on."""
+    splitter = RunSplitter(max_run_bytes=1 << 30, max_runs=10)
+    with pytest.raises(RunError) as e:
+        splitter.feed(start)
+        for _ in range(1000):
+            splitter.feed(b"1" * 1000)
+    assert e.value.status == 400
+    assert splitter._unfed == b"" and splitter._pending == b""  # nothing held
+
+
+def test_long_names_are_refused():
+    body = b"[{" + T + b', "name": "' + b"n" * 1025 + b'"}]'
+    with pytest.raises(RunError) as e:
+        split_all([body])
+    assert e.value.status == 400 and "longer than 1024" in e.value.reason
