@@ -1,7 +1,8 @@
 """One POST /runs batch: runs are uploaded while the body streams in, rows are written at the end.
 
-All or nothing: until the rows are committed nothing is visible, and a batch that fails for any
-reason deletes the objects it uploaded.
+All or nothing: until the rows are committed nothing is visible, and a batch that fails deletes
+the objects it uploaded -- at once, or, when the database broke during the insert and cannot say
+whether it committed, as soon as it can (gc.py catches what a crash leaves).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class BatchIngest:
         if self._uploads:
             await asyncio.wait(list(self._uploads))
         self._raise_failure()
+        if self._aborted:  # never write rows for objects that abort() deleted
+            raise RunError(499, "batch aborted")
         if self._rows:
             await self._db.insert_runs(self.tenant, self._rows)
         return [str(row.id) for row in self._rows]

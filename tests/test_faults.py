@@ -48,6 +48,17 @@ def body_parts(runs: list[dict]) -> tuple[bytes, bytes]:
     return b"[" + batch(*runs[:half])[1:-1] + b",", batch(*runs[half:])[1:]
 
 
+def send_first_half(srv, store, runs: list[dict]):
+    """Open a batch and send its first half; returns the open connection once those runs are in
+    the bucket."""
+    keys_before = store.keys()
+    conn = srv.client.start_post()
+    srv.client.send_chunk(conn, body_parts(runs)[0])
+    half = len(runs) // 2
+    assert wait_for(lambda: len(store.keys() - keys_before) == half), "first half not uploaded"
+    return conn
+
+
 def wait_for(condition, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -154,11 +165,8 @@ def test_sigterm_lets_a_streaming_batch_finish_then_exits_0(tmp_path, store, db)
 def test_sigterm_fails_a_batch_that_outlives_the_timeout_cleanly(tmp_path, store, db):
     srv = start_server(tmp_path, "sigterm-timeout", SHUTDOWN_TIMEOUT="1")
     runs = runs_with_ids(10)
-    first, _ = body_parts(runs)
     before = store.snapshot()
-    conn = srv.client.start_post()
-    srv.client.send_chunk(conn, first)
-    assert wait_for(lambda: len(store.keys() - before[1]) == 5), "first half not uploaded"
+    conn = send_first_half(srv, store, runs)
     srv.process.send_signal(signal.SIGTERM)
     assert srv.process.wait(timeout=30) == 0
     conn.close()
@@ -169,11 +177,8 @@ def test_sigterm_fails_a_batch_that_outlives_the_timeout_cleanly(tmp_path, store
 def test_kill_9_mid_batch_leaves_no_visible_run_and_gc_removes_the_rest(tmp_path, store, db):
     srv = start_server(tmp_path, "kill9")
     runs = runs_with_ids(10)
-    first, _ = body_parts(runs)
     before = store.snapshot()
-    conn = srv.client.start_post()
-    srv.client.send_chunk(conn, first)
-    assert wait_for(lambda: len(store.keys() - before[1]) == 5), "first half not uploaded"
+    conn = send_first_half(srv, store, runs)
     srv.process.kill()
     srv.process.wait()
     conn.close()
