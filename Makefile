@@ -68,6 +68,7 @@ benchmark: test-setup
 	$(TEST_ENV) $(BIN)/python -m pytest benchmarks/test_ingest.py -p no:cacheprovider \
 		--benchmark-autosave --benchmark-compare --benchmark-columns=min,max,median,iqr,rounds
 	$(TEST_ENV) $(BIN)/python -m benchmarks.put_cpu | tee .benchmarks/put_cpu.txt
+	$(BIN)/python -m benchmarks.splitter_cpu | tee .benchmarks/splitter_cpu.txt
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup

@@ -3,8 +3,8 @@
     python -m benchmarks.report
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
-``.benchmarks/put_cpu.txt`` and ``.benchmarks/memory.txt`` written by ``make benchmark`` and
-``make memprofile``.
+``.benchmarks/put_cpu.txt``, ``.benchmarks/splitter_cpu.txt`` and ``.benchmarks/memory.txt``
+written by ``make benchmark`` and ``make memprofile``.
 """
 
 from __future__ import annotations
@@ -166,6 +166,15 @@ to 1.7 for `500_10kb` on different runs. Compare ratios within one run, never ac
 
 ```
 {optional(SAVES / "put_cpu.txt")}
+```
+
+## CPU of splitting a body (`python -m benchmarks.splitter_cpu`)
+
+Parsing and validating each reference body in process, best of 5, against ijson's event stream
+alone:
+
+```
+{optional(SAVES / "splitter_cpu.txt")}
 ```
 
 ## Memory (`make memprofile`)
