@@ -32,7 +32,7 @@ _WHITESPACE = b" \t\r\n"
 _SEPARATORS = _WHITESPACE + b",[]"
 _OPEN_BRACE = ord("{")
 MAX_NAME_CHARS = 1024
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _OBJECT_FIELDS = ("inputs", "outputs", "metadata")
 
 
@@ -218,7 +218,7 @@ class RunSplitter:
     def _check_field(self, key: str, event: str, value: object) -> None:
         run = self._run
         if key == "id" or key == "trace_id":
-            if event != "string" or not _UUID.fullmatch(value):
+            if event != "string" or not UUID_TEXT.fullmatch(value):
                 raise self._error(f"{key} must be a UUID string")
             setattr(run, key, uuid.UUID(value))
         elif key == "name":
