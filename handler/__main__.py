@@ -12,7 +12,7 @@ import ijson
 import tornado.httpserver
 
 from handler.app import InFlight, make_app
-from handler.auth import ApiKeys, hash_key
+from handler.auth import hash_key
 from handler.config import Settings, env_file
 from handler.db import Database
 from handler.gc import collect_garbage
@@ -26,7 +26,7 @@ async def serve(settings: Settings) -> None:
     if ijson.backend != "yajl2_c":
         log.warning("ijson is using its %s backend; install yajl2_c support for speed", ijson.backend)
     log.info("ijson backend: %s", ijson.backend)
-    if ApiKeys(settings.api_keys).open:
+    if settings.api_keys.open:
         log.warning(
             "NO API KEYS CONFIGURED: anyone who can reach this port can write and read runs "
             "(all in tenant 'default'). Set API_KEYS to require an x-api-key header."

@@ -206,7 +206,7 @@ class RunHandler(JSONHandler):
 def make_app(
     settings: Settings, store: ObjectStore, db: Database, in_flight: InFlight | None = None
 ) -> tornado.web.Application:
-    deps = {"settings": settings, "store": store, "db": db, "keys": ApiKeys(settings.api_keys)}
+    deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     return tornado.web.Application(
         [
             (r"/runs", RunsHandler, {**deps, "in_flight": in_flight or InFlight()}),

@@ -10,8 +10,13 @@ OPEN_TENANT = "default"
 TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    """What API_KEYS holds for a key."""
+    return _digest(key).hex()
 
 
 class ApiKeys:
@@ -40,7 +45,7 @@ class ApiKeys:
             return OPEN_TENANT
         if not key:
             return None
-        digest = hashlib.sha256(key.encode()).digest()
+        digest = _digest(key)
         tenant = None
         for expected, owner in self._entries:
             if hmac.compare_digest(digest, expected):

@@ -52,7 +52,7 @@ class Settings:
     upload_concurrency: int
     upload_window_bytes: int
     db_pool_size: int
-    api_keys: str
+    api_keys: ApiKeys
     shutdown_timeout: float
 
     @classmethod
@@ -73,9 +73,8 @@ class Settings:
             except ValueError:
                 raise SystemExit(f"run-handler: {name} must be an integer, got {raw!r}") from None
 
-        api_keys = get("API_KEYS", "")
         try:
-            ApiKeys(api_keys)
+            api_keys = ApiKeys(get("API_KEYS", ""))
         except ValueError as e:
             raise SystemExit(f"run-handler: {e}") from None
 

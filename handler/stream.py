@@ -253,6 +253,7 @@ class RunSplitter:
 
     def _feed_piece(self, piece: bytes) -> list[Run]:
         was_ended = self._ended
+        run_start = piece
         if not self._pending and not was_ended:
             # Between runs only separators may come before a run's "{". Anything else is an
             # error, found here rather than once ijson has buffered the whole token.
@@ -263,6 +264,7 @@ class RunSplitter:
                     raise RunError(400, "invalid JSON in body: the body must be a JSON array of runs")
                 index = self._count
                 raise RunError(400, f"invalid JSON in run {index}: run {index} must be an object", index)
+            run_start = rest
         self._parse(piece, last=False)
         if self._ended:
             # yajl reports complete values after the array, not a string or number left open.
@@ -272,11 +274,9 @@ class RunSplitter:
             return []
         if self._closed is None and self._run is None:
             return []  # only separators since the last run
-        if not self._pending:
-            # The run starts in this piece, at its first "{": only whitespace, commas and "["
-            # can come before it, and they are not part of the run.
-            piece = piece[piece.index(b"{") :]
-        self._pending += piece
+        # When the run starts in this piece, it starts at run_start's "{": only whitespace,
+        # commas and "[" come before it, and they are not part of the run.
+        self._pending += piece if self._pending else run_start
         if len(self._pending) > self.max_run_bytes:
             index = self._run.index if self._closed is None else self._closed.index
             raise self._too_large(index)
