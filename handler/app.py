@@ -10,6 +10,7 @@ import uuid
 import tornado.iostream
 import tornado.web
 
+from handler import docs, ops
 from handler.auth import ApiKeys
 from handler.config import Settings
 from handler.db import Database
@@ -211,7 +212,10 @@ def make_app(
         [
             (r"/runs", RunsHandler, {**deps, "in_flight": in_flight or InFlight()}),
             (r"/runs/([^/]+)", RunHandler, deps),
+            *ops.routes(deps),
+            *docs.routes(),
         ],
         default_handler_class=NotFoundHandler,
         compress_response=False,
+        log_function=ops.log_request,
     )
