@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import re
 import uuid
+from datetime import datetime
 
 import tornado.iostream
 import tornado.web
 
-from handler import docs, ops
+from handler import __version__, docs, metrics, ops
 from handler.auth import ApiKeys
-from handler.config import Settings
+from handler.config import MIB, Settings
 from handler.db import Database
+from handler.decompress import decoder_for
 from handler.errors import RunError
 from handler.ingest import BatchIngest
+from handler.multipart import MultipartReader, boundary_of
 from handler.storage import ObjectStore
-from handler.stream import UUID_TEXT
+from handler.stream import UUID_TEXT, RunSplitter, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +96,13 @@ class NotFoundHandler(JSONHandler):
 
 
 @tornado.web.stream_request_body
-class RunsHandler(JSONHandler):
-    """POST /runs: a JSON array of runs, streamed."""
+class IngestHandler(JSONHandler):
+    """A route whose body streams into a BatchIngest: decoded (Content-Encoding) and read by the
+    route's ``reader`` as it arrives, committed when it ends. Other methods of the route (GET)
+    take no body and skip all of this."""
 
-    SUPPORTED_METHODS = ("POST",)
+    content_type = "application/json"
+    ingest_methods = ("POST",)
 
     def initialize(self, in_flight: InFlight, **deps) -> None:
         super().initialize(**deps)
@@ -102,44 +110,75 @@ class RunsHandler(JSONHandler):
         self.ingest: BatchIngest | None = None
         self.committing = False
         self.counted = False  # in self.in_flight
+        self.body_bytes = 0  # for the access log
+
+    @property
+    def run_count(self) -> int:
+        return self.ingest.run_count if self.ingest is not None and self.committing else 0
 
     def prepare(self) -> None:
+        if self.request.method not in self.ingest_methods:
+            return
         tenant = self.authenticate()
         if tenant is None:
             return
-        content_type = self.request.headers.get("Content-Type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            return self.fail(RunError(415, "Content-Type must be application/json"))
         length = self.request.headers.get("Content-Length")
-        if length is not None and _DIGITS.fullmatch(length) and int(length) > self.config.max_body_bytes:
-            return self.fail(RunError(413, f"body is larger than {self.config.max_body_bytes} bytes"))
+        try:
+            self.check_content_type(self.request.headers.get("Content-Type", ""))
+            if length is not None and _DIGITS.fullmatch(length) and int(length) > self.config.max_body_bytes:
+                raise RunError(413, f"body is larger than {self.config.max_body_bytes} bytes")
+            self.decoder = decoder_for(
+                self.request.headers.get("Content-Encoding"), self.config.max_body_bytes
+            )
+            self.ingest = BatchIngest(self.store, self.db, self.config, tenant)
+            self.reader = self.make_reader(self.ingest)
+        except RunError as e:
+            return self.fail(e)
         self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
-        self.ingest = BatchIngest(self.store, self.db, self.config, tenant)
         self.in_flight.enter()
         self.counted = True
+        metrics.BATCHES_IN_FLIGHT.inc()
+
+    def check_content_type(self, content_type: str) -> None:
+        if content_type.split(";")[0].strip().lower() != self.content_type:
+            raise RunError(415, f"Content-Type must be {self.content_type}")
+
+    def make_reader(self, ingest: BatchIngest):
+        raise NotImplementedError
 
     async def data_received(self, chunk: bytes) -> None:
         if self.ingest is None or self._finished:
             return
+        self.body_bytes += len(chunk)
+        metrics.INGESTED_BYTES.inc(len(chunk))
         try:
-            await self.ingest.feed(chunk)
+            if self.body_bytes > self.config.max_body_bytes:
+                raise RunError(413, f"body is larger than {self.config.max_body_bytes} bytes")
+            for piece in self.decoder.decode(chunk):
+                await self.reader.feed(piece)
         except Exception as e:
             await self.reject(e)
 
-    async def post(self) -> None:
+    async def commit(self) -> dict | None:
+        """The body has ended: the request's result, or None once it has been answered."""
+        if self.ingest is None or self._finished:
+            return None
         self.committing = True
         try:
-            ids = await self.ingest.commit()
+            for piece in self.decoder.finish():
+                await self.reader.feed(piece)
+            await self.reader.close()
+            result = await self.ingest.commit()
         except Exception as e:
             await self.reject(e)
-            return
-        self.set_status(201)
-        self.finish({"ids": ids})
+            return None
+        metrics.RUNS_INGESTED.inc(self.ingest.run_count)
+        return result
 
     async def reject(self, error: Exception) -> None:
         """Undo the batch, then answer; a bug still undoes the batch and answers 500."""
         if not isinstance(error, RunError):
-            log.exception("unexpected error in POST /runs", exc_info=error)
+            log.exception("unexpected error in %s %s", self.request.method, self.request.path, exc_info=error)
             error = RunError(500, "internal error")
         await self.ingest.abort(error)
         self.fail(error)
@@ -149,10 +188,10 @@ class RunsHandler(JSONHandler):
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        # Once the body has ended the insert may already be running: a disconnect then must not
+        # Once the body has ended the commit may already be running: a disconnect then must not
         # delete objects whose rows are about to be committed.
         if self.ingest is not None and not self.committing and not self._finished:
-            log.info("client disconnected mid-body after %d bytes", self.ingest.bytes_received)
+            log.info("client disconnected mid-body after %d bytes", self.body_bytes)
             task = asyncio.ensure_future(self.ingest.abort())
             self.in_flight.cleanups.add(task)
             task.add_done_callback(self.in_flight.cleanups.discard)
@@ -162,32 +201,141 @@ class RunsHandler(JSONHandler):
         if self.counted:
             self.counted = False
             self.in_flight.leave()
+            metrics.BATCHES_IN_FLIGHT.dec()
 
 
-class RunHandler(JSONHandler):
-    """GET /runs/{id}: the run's stored bytes, streamed from object storage."""
+class ArrayReader:
+    """A JSON array of runs (POST /runs)."""
 
-    SUPPORTED_METHODS = ("GET",)
+    def __init__(self, ingest: BatchIngest, settings: Settings) -> None:
+        self._ingest = ingest
+        self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch, settings.max_depth)
+
+    async def feed(self, chunk: bytes) -> None:
+        for run in self._splitter.feed(chunk):
+            await self._ingest.add_run(run)
+
+    async def close(self) -> None:
+        for run in self._splitter.close():
+            await self._ingest.add_run(run)
+
+
+class RunsHandler(IngestHandler):
+    """POST /runs: a JSON array of runs, streamed. GET /runs?trace_id=: a page of a trace."""
+
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    def make_reader(self, ingest: BatchIngest) -> ArrayReader:
+        return ArrayReader(ingest, self.config)
+
+    async def post(self) -> None:
+        result = await self.commit()
+        if result is not None:
+            self.set_status(201)
+            self.finish({"ids": result["ids"]})
+
+    async def get(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        try:
+            trace_id = _uuid_argument(self.get_query_argument("trace_id", None), "trace_id")
+            limit = self.get_query_argument("limit", "100")
+            if not _DIGITS.fullmatch(limit) or not 1 <= int(limit) <= MAX_PAGE:
+                raise RunError(400, f"limit must be an integer from 1 to {MAX_PAGE}")
+            cursor = self.get_query_argument("cursor", None)
+            after = _decode_cursor(cursor) if cursor else None
+            runs = await self.db.list_trace(tenant, trace_id, int(limit) + 1, after)
+        except RunError as e:
+            return self.fail(e)
+        page = runs[: int(limit)]
+        more = len(runs) > len(page)
+        self.finish(
+            {
+                "runs": [_summary(run) for run in page],
+                "next_cursor": _encode_cursor(page[-1]) if more else None,
+            }
+        )
+
+
+class MultipartHandler(IngestHandler):
+    """POST /runs/multipart: LangSmith's multipart ingestion (multipart.py)."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    def check_content_type(self, content_type: str) -> None:
+        self.boundary = boundary_of(content_type)
+
+    def make_reader(self, ingest: BatchIngest) -> MultipartReader:
+        return MultipartReader(self.boundary, ingest, self.config)
+
+    async def post(self) -> None:
+        result = await self.commit()
+        if result is not None:
+            self.set_status(202)
+            self.finish(result)
+
+
+class PatchReader:
+    """A PATCH body: one JSON object, held until it ends (it is bounded by the run size limit)."""
+
+    def __init__(self, ingest: BatchIngest, settings: Settings, run_id: uuid.UUID) -> None:
+        self._ingest = ingest
+        self._settings = settings
+        self._run_id = run_id
+        self._body = bytearray()
+
+    async def feed(self, chunk: bytes) -> None:
+        self._body += chunk
+        if len(self._body) > self._settings.max_run_bytes:
+            raise RunError(413, f"patch is larger than {self._settings.max_run_bytes} bytes")
+
+    async def close(self) -> None:
+        s = self._settings
+        patch = parse_run(bytes(self._body), s.max_run_bytes, s.max_depth, "patch", ())
+        if patch.id not in (None, self._run_id):
+            raise RunError(400, f"patch: id {patch.id} is not the run's id {self._run_id}")
+        await self._ingest.add_patch(self._run_id, patch.body, 0)
+
+
+class RunHandler(IngestHandler):
+    """GET /runs/{id}: the run's stored bytes, streamed from object storage. PATCH /runs/{id}:
+    set some of its fields."""
+
+    SUPPORTED_METHODS = ("GET", "PATCH")
+    ingest_methods = ("PATCH",)
+
+    def make_reader(self, ingest: BatchIngest) -> PatchReader:
+        run_id = self.path_args[0]
+        if not UUID_TEXT.fullmatch(run_id):
+            raise RunError(400, "run id must be a UUID")
+        return PatchReader(ingest, self.config, uuid.UUID(run_id))
+
+    async def patch(self, run_id: str) -> None:
+        result = await self.commit()
+        if result is not None:
+            self.finish({"id": run_id.lower()})
 
     async def get(self, run_id: str) -> None:
         tenant = self.authenticate()
         if tenant is None:
             return
-        if not UUID_TEXT.fullmatch(run_id):
-            return self.fail(RunError(400, "run id must be a UUID"))
         try:
-            found = await self.db.find_run(tenant, uuid.UUID(run_id))
+            found = await self.db.find_run(tenant, _uuid_argument(run_id, "run id"))
         except RunError as e:
             return self.fail(e)
         if found is None:
             return self.fail(RunError(404, f"run {run_id} not found"))
-        key, size = found
+        await self.relay(*found, "application/json")
+
+    async def relay(self, key: str, size: int, content_type: str) -> None:
+        """Stream an object to the client."""
         chunks = self.store.read(key)
         try:
             first = await anext(chunks, b"")
         except RunError as e:
             return self.fail(e)
-        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Type", content_type)
         self.set_header("Content-Length", size)
         self.write(first)
         try:
@@ -204,14 +352,93 @@ class RunHandler(JSONHandler):
         self.finish()
 
 
+class AttachmentHandler(RunHandler):
+    """GET /runs/{id}/attachments/{name}: an attachment's bytes, with the type it was sent with."""
+
+    SUPPORTED_METHODS = ("GET",)
+    ingest_methods = ()
+
+    async def get(self, run_id: str, name: str) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        try:
+            found = await self.db.find_attachment(tenant, _uuid_argument(run_id, "run id"), name)
+        except RunError as e:
+            return self.fail(e)
+        if found is None:
+            return self.fail(RunError(404, f"run {run_id} has no attachment {name!r}"))
+        key, content_type, size = found
+        await self.relay(key, size, content_type)
+
+
+class InfoHandler(JSONHandler):
+    """GET /info: what LangSmith clients read before they send: the limits this server enforces."""
+
+    def get(self) -> None:
+        s = self.config
+        self.finish(
+            {
+                "version": __version__,
+                "batch_ingest_config": {
+                    "use_multipart_endpoint": True,
+                    "size_limit": min(100, s.max_runs_per_batch),
+                    "size_limit_bytes": min(20 * MIB, s.max_body_bytes),
+                    "scale_up_qsize_trigger": 1000,
+                    "scale_up_nthreads_limit": 16,
+                    "scale_down_nempty_trigger": 4,
+                },
+                "instance_flags": {"zstd_compression_enabled": True},
+            }
+        )
+
+
+MAX_PAGE = 1000
+
+
+def _uuid_argument(value: str | None, name: str) -> uuid.UUID:
+    if value is None:
+        raise RunError(400, f"{name} is required")
+    if not UUID_TEXT.fullmatch(value):
+        raise RunError(400, f"{name} must be a UUID")
+    return uuid.UUID(value)
+
+
+def _summary(run: dict) -> dict:
+    return {k: v if v is None or isinstance(v, str | int) else _text(v) for k, v in run.items()}
+
+
+def _text(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _encode_cursor(run: dict) -> str:
+    position = json.dumps([run["dotted_order"] or "", str(run["id"])])
+    return base64.urlsafe_b64encode(position.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        order, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(order, str) or not UUID_TEXT.fullmatch(run_id):
+            raise ValueError
+    except (ValueError, TypeError, UnicodeError):
+        raise RunError(400, "cursor is not one this server gave out") from None
+    return order, run_id
+
+
 def make_app(
     settings: Settings, store: ObjectStore, db: Database, in_flight: InFlight | None = None
 ) -> tornado.web.Application:
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
+    ingest_deps = {**deps, "in_flight": in_flight or InFlight()}
     return tornado.web.Application(
         [
-            (r"/runs", RunsHandler, {**deps, "in_flight": in_flight or InFlight()}),
-            (r"/runs/([^/]+)", RunHandler, deps),
+            (r"/runs", RunsHandler, ingest_deps),
+            (r"/runs/multipart", MultipartHandler, ingest_deps),
+            (r"/runs/([^/]+)", RunHandler, ingest_deps),
+            (r"/runs/([^/]+)/attachments/([^/]+)", AttachmentHandler, ingest_deps),
+            (r"/info", InfoHandler, deps),
             *ops.routes(deps),
             *docs.routes(),
         ],

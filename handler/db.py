@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 import aiopg
@@ -15,22 +17,104 @@ import psycopg2.errors
 
 from handler.config import Settings
 from handler.errors import RunError
+from handler.stream import Run
 
 
 class RunRow(NamedTuple):
+    """A run's row: where its object is, and the small fields that list a trace without it."""
+
     id: uuid.UUID
     trace_id: uuid.UUID
     name: str
     object_key: str
     size_bytes: int
+    run_type: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    parent_run_id: uuid.UUID | None = None
+    dotted_order: str | None = None
+    session_name: str | None = None
+    session_id: uuid.UUID | None = None
+    reference_example_id: uuid.UUID | None = None
+    status: str = "pending"
+    posted: bool = True  # False: only patches have come, the run's post is still to come
+
+    @classmethod
+    def of(cls, run: Run, object_key: str, posted: bool = True) -> RunRow:
+        fields = {name: getattr(run, name) for name in cls._fields if hasattr(run, name)}
+        extra = {
+            "object_key": object_key,
+            "size_bytes": len(run.body),
+            "status": run.status,
+            "posted": posted,
+        }
+        return cls(**{**fields, **extra})
 
 
-# One statement, so one round trip and one transaction, however many rows: the rows travel as
-# five arrays and unnest() turns them back into rows.
-_INSERT = """
-INSERT INTO runs (tenant, id, trace_id, name, object_key, size_bytes)
-SELECT %s, * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], %s::bigint[])
+class PostedAfterPatch(Exception):
+    """Runs posted after their patches were stored: {run id: the patches' object key}."""
+
+    def __init__(self, patches: dict[uuid.UUID, str]) -> None:
+        super().__init__(f"{len(patches)} runs were patched before they were posted")
+        self.patches = patches
+
+
+class Replacement(NamedTuple):
+    """A patched run: its new row, written only if the run still points at ``old_key`` (so two
+    patches racing on one run cannot both win)."""
+
+    row: RunRow
+    old_key: str
+
+
+class Attachment(NamedTuple):
+    run_id: uuid.UUID
+    name: str
+    object_key: str
+    content_type: str
+    size_bytes: int
+
+
+_TYPES = {
+    "id": "uuid",
+    "trace_id": "uuid",
+    "size_bytes": "bigint",
+    "start_time": "timestamptz",
+    "end_time": "timestamptz",
+    "parent_run_id": "uuid",
+    "session_id": "uuid",
+    "reference_example_id": "uuid",
+    "posted": "boolean",
+}
+_COLUMNS = ", ".join(RunRow._fields)
+_ARRAYS = ", ".join(f"%s::{_TYPES.get(name, 'text')}[]" for name in RunRow._fields)
+# One statement per kind of change, however many rows: the rows travel as one array per column
+# and unnest() turns them back into rows.
+_INSERT = f"""
+INSERT INTO runs (tenant, {_COLUMNS}) SELECT %s, * FROM unnest({_ARRAYS})
+ON CONFLICT (tenant, id) DO NOTHING RETURNING id
 """
+_UPDATE = f"""
+UPDATE runs AS r SET {", ".join(f"{name} = u.{name}" for name in RunRow._fields[1:])}
+FROM unnest(%s::text[], {_ARRAYS}) AS u(old_key, {_COLUMNS})
+WHERE r.tenant = %s AND r.id = u.id AND r.object_key = u.old_key
+"""
+_INSERT_ATTACHMENTS = """
+INSERT INTO run_attachments (tenant, run_id, name, object_key, content_type, size_bytes)
+SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+"""
+_SUMMARY = (
+    "id, trace_id, name, run_type, start_time, end_time, parent_run_id, dotted_order, session_name,"
+    " session_id, reference_example_id, status, size_bytes"
+)
+
+
+def _columns(rows: Sequence[tuple]) -> list[list]:
+    """Rows to one list per column, ids and datetimes as the text PostgreSQL casts from."""
+    return [
+        [v if v is None or isinstance(v, str | int) else str(v) for v in col]
+        for col in zip(*rows, strict=True)
+    ]
 
 
 # PostgreSQL gives up on a statement before the client does, so a slow insert ends as an error
@@ -95,20 +179,19 @@ class Database:
             self._pool.close()
             await self._pool.wait_closed()
 
-    async def insert_runs(self, tenant: str, rows: Sequence[RunRow]) -> None:
-        """Insert all rows of a tenant's batch, or none.
+    async def write_batch(
+        self,
+        tenant: str,
+        rows: Sequence[RunRow],
+        replacements: Sequence[Replacement] = (),
+        attachments: Sequence[Attachment] = (),
+    ) -> None:
+        """Insert the new runs, repoint the patched ones and add the attachments, all or none.
 
-        Raises RunError 409 if an id already exists, 503 if nothing was written, and
-        CommitUnknown if the connection broke mid-statement and the outcome could not be settled.
+        Raises RunError 409 if an id already exists or a patched run changed meanwhile, 503 if
+        nothing was written, and CommitUnknown if the connection broke during COMMIT and the
+        outcome could not be settled.
         """
-        columns = (
-            tenant,
-            [str(r.id) for r in rows],
-            [str(r.trace_id) for r in rows],
-            [r.name for r in rows],
-            [r.object_key for r in rows],
-            [r.size_bytes for r in rows],
-        )
         try:
             conn = await self._pool.acquire()
             backend = _backend_of(conn)
@@ -116,26 +199,69 @@ class Database:
             raise database_error(e) from e  # nothing was sent
         try:
             async with conn.cursor() as cur:
-                await cur.execute(_INSERT, columns)
-        except psycopg2.errors.UniqueViolation:
-            await self._raise_conflict(tenant, rows)
-        except psycopg2.Error as e:
-            if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
-                raise database_error(e) from e  # the server rolled the statement back
-            await self._settle(rows, backend, e)
-        except (OSError, TimeoutError) as e:
-            await self._settle(rows, backend, e)
+                await self._write(cur, tenant, rows, replacements, attachments)
+                try:
+                    await cur.execute("COMMIT")
+                except psycopg2.Error as e:
+                    if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
+                        raise database_error(e) from e  # the server rolled the transaction back
+                    await self._settle(rows, replacements, backend, e)
+                except (OSError, TimeoutError) as e:
+                    await self._settle(rows, replacements, backend, e)
         finally:
             self._pool.release(conn)
 
-    async def _settle(self, rows: Sequence[RunRow], backend: tuple[int, int], error: Exception) -> None:
-        """Returns if the insert committed after all, raises database_error if it surely did not,
-        CommitUnknown if that cannot be told now."""
+    async def _write(
+        self,
+        cur: aiopg.Cursor,
+        tenant: str,
+        rows: Sequence[RunRow],
+        replacements: Sequence[Replacement],
+        attachments: Sequence[Attachment],
+    ) -> None:
+        """The statements of write_batch, in a transaction that is rolled back if any fails:
+        until COMMIT is sent nothing can be stored."""
         try:
-            found = await self.count_committed([r.object_key for r in rows], backend)
+            await cur.execute("BEGIN")
+            if rows:
+                await cur.execute(_INSERT, (tenant, *_columns(rows)))
+                if cur.rowcount != len(rows):
+                    inserted = {uuid.UUID(str(row[0])) for row in await cur.fetchall()}
+                    await self._conflict(cur, tenant, [row for row in rows if row.id not in inserted])
+            if replacements:
+                new_rows = [r.row for r in replacements]
+                old_keys = [r.old_key for r in replacements]
+                await cur.execute(_UPDATE, (old_keys, *_columns(new_rows), tenant))
+                if cur.rowcount != len(replacements):
+                    raise RunError(409, "a patched run was changed by another request meanwhile; retry")
+            if attachments:
+                await cur.execute(_INSERT_ATTACHMENTS, (tenant, *_columns(attachments)))
+        except BaseException as e:
+            with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
+                await cur.execute("ROLLBACK")
+            if isinstance(e, psycopg2.errors.UniqueViolation):
+                raise RunError(409, "an attachment of that name already exists for the run") from e
+            if isinstance(e, psycopg2.errors.ForeignKeyViolation):
+                raise RunError(404, "an attachment's run does not exist") from e
+            if isinstance(e, psycopg2.Error | OSError | TimeoutError):
+                raise database_error(e) from e
+            raise
+
+    async def _settle(
+        self,
+        rows: Sequence[RunRow],
+        replacements: Sequence[Replacement],
+        backend: tuple[int, int],
+        error: Exception,
+    ) -> None:
+        """Returns if the transaction committed after all, raises database_error if it surely did
+        not, CommitUnknown if that cannot be told now."""
+        keys = [r.object_key for r in rows] + [r.row.object_key for r in replacements]
+        try:
+            found = await self.count_committed(keys, backend)
         except (psycopg2.Error, OSError, TimeoutError, RunError):
             raise CommitUnknown(error, backend) from error
-        if found == len(rows):
+        if found == len(keys):
             return
         if found == 0:
             raise database_error(error) from error
@@ -166,27 +292,69 @@ class Database:
             await cur.execute("SELECT count(*) FROM runs WHERE object_key = ANY(%s)", (list(keys),))
             return (await cur.fetchone())[0]
 
-    async def _raise_conflict(self, tenant: str, rows: Sequence[RunRow]) -> None:
-        found = await self._fetch(
-            "SELECT id FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
-            (tenant, [str(r.id) for r in rows]),
+    async def _conflict(self, cur: aiopg.Cursor, tenant: str, rows: Sequence[RunRow]) -> None:
+        """Rows whose id exists already: a 409, unless only patches of those runs came so far
+        and these are their posts (PostedAfterPatch: merge, then write again)."""
+        await cur.execute(
+            "SELECT id, object_key, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            (tenant, [str(row.id) for row in rows]),
         )
-        existing = {uuid.UUID(str(row[0])) for row in found}
-        for index, row in enumerate(rows):
-            if row.id in existing:
-                raise RunError(409, f"run {index}: id {row.id} already exists", index)
-        raise RunError(409, "a run id already exists")
+        existing = {uuid.UUID(str(run_id)): (key, posted) for run_id, key, posted in await cur.fetchall()}
+        patches = {}
+        for row in rows:
+            key, posted = existing.get(row.id, (None, True))
+            if posted or not row.posted:
+                raise RunError(409, f"id {row.id} already exists", run_id=row.id)
+            patches[row.id] = key
+        raise PostedAfterPatch(patches)
 
     async def find_run(self, tenant: str, run_id: uuid.UUID) -> tuple[str, int] | None:
         """The object key and size of a tenant's run, or None."""
         rows = await self._fetch(
-            "SELECT object_key, size_bytes FROM runs WHERE tenant = %s AND id = %s", (tenant, str(run_id))
+            "SELECT object_key, size_bytes FROM runs WHERE tenant = %s AND id = %s AND posted",
+            (tenant, str(run_id)),
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
+    async def find_current(self, tenant: str, run_id: uuid.UUID) -> tuple[str, bool] | None:
+        """The object key of a run, posted or patched only, and whether it was posted; or None."""
+        rows = await self._fetch(
+            "SELECT object_key, posted FROM runs WHERE tenant = %s AND id = %s", (tenant, str(run_id))
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def find_attachment(self, tenant: str, run_id: uuid.UUID, name: str) -> tuple[str, str, int] | None:
+        """The object key, content type and size of a run's attachment, or None."""
+        rows = await self._fetch(
+            "SELECT object_key, content_type, size_bytes FROM run_attachments"
+            " WHERE tenant = %s AND run_id = %s AND name = %s",
+            (tenant, str(run_id), name),
+        )
+        return rows[0] if rows else None
+
+    async def list_trace(
+        self, tenant: str, trace_id: uuid.UUID, limit: int, after: tuple[str, str] | None
+    ) -> list[dict]:
+        """A page of a trace's runs in dotted_order (then id), after the (dotted_order, id) given."""
+        where = "tenant = %s AND trace_id = %s AND posted"
+        params: tuple = (tenant, str(trace_id))
+        if after is not None:
+            where += " AND (coalesce(dotted_order, ''), id) > (%s, %s::uuid)"
+            params += after
+        rows = await self._fetch(
+            f"SELECT {_SUMMARY} FROM runs WHERE {where} ORDER BY coalesce(dotted_order, ''), id LIMIT %s",
+            (*params, limit),
+        )
+        names = _SUMMARY.replace(" ", "").split(",")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
     async def stored_keys(self, keys: Sequence[str]) -> set[str]:
-        """Which of these object keys belong to a committed run."""
-        rows = await self._fetch("SELECT object_key FROM runs WHERE object_key = ANY(%s)", (list(keys),))
+        """Which of these object keys belong to a committed run or attachment."""
+        rows = await self._fetch(
+            "SELECT object_key FROM runs WHERE object_key = ANY(%s)"
+            " UNION ALL SELECT object_key FROM run_attachments WHERE object_key = ANY(%s)",
+            (list(keys), list(keys)),
+        )
         return {row[0] for row in rows}
 
     async def _fetch(self, sql: str, params: tuple) -> list[tuple]:
@@ -196,3 +364,9 @@ class Database:
                 return await cur.fetchall()
         except (psycopg2.Error, OSError, TimeoutError) as e:
             raise database_error(e) from e
+
+    async def ping(self) -> None:
+        """A round trip through the pool, for GET /ready; raises the driver's error as it is."""
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            await cur.fetchone()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 
 class RunError(Exception):
     """A batch or request that cannot be accepted.
@@ -10,11 +12,14 @@ class RunError(Exception):
     ``index`` is the position of the offending run in the batch, when there is one.
     """
 
-    def __init__(self, status: int, reason: str, index: int | None = None) -> None:
+    def __init__(
+        self, status: int, reason: str, index: int | None = None, run_id: uuid.UUID | None = None
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.index = index
+        self.run_id = run_id  # the run it is about, when the index is not known where it is raised
 
     def to_json(self) -> dict:
         body: dict = {"error": self.reason}

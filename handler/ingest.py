@@ -8,14 +8,18 @@ whether it committed, as soon as it can (gc.py catches what a crash leaves).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 
+from handler import metrics
 from handler.config import Settings
-from handler.db import CommitUnknown, Database, RunRow
+from handler.db import Attachment, CommitUnknown, Database, PostedAfterPatch, Replacement, RunRow
 from handler.errors import RunError
+from handler.merge import build_object, merged, object_fields
 from handler.storage import ObjectStore
-from handler.stream import Run, RunSplitter
+from handler.stream import REQUIRED, Run, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +29,15 @@ _SETTLE_EVERY_S = 2
 _SETTLE_FOR_S = 600
 
 
-def object_key(tenant: str, run_id: uuid.UUID) -> str:
+def run_object_key(tenant: str, run_id: uuid.UUID) -> str:
     """A fresh key per upload, so a batch that reuses an existing id can never overwrite the
     stored run: it fails with 409 and its own object is deleted. The tenant is a checked name
     (auth.TENANT_NAME) and the rest is generated, so no client input can leave the tenant's prefix."""
     return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.json"
+
+
+def attachment_object_key(tenant: str, run_id: uuid.UUID) -> str:
+    return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.bin"
 
 
 class UploadWindow:
@@ -61,73 +69,163 @@ class UploadWindow:
 
 
 class BatchIngest:
+    """The runs, patches and attachments of one request, stored all or nothing.
+
+    Runs are uploaded as they arrive. A patch is merged into its run's current object (a new
+    object: nothing stored is ever overwritten) and the run is repointed at commit; a patch that
+    comes before its run's post is stored alone and the post is merged under it later.
+    """
+
     def __init__(self, store: ObjectStore, db: Database, settings: Settings, tenant: str) -> None:
         self.tenant = tenant
         self._store = store
         self._db = db
-        self._max_body_bytes = settings.max_body_bytes
-        self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch, settings.max_depth)
+        self._settings = settings
         self._window = UploadWindow(settings.upload_concurrency, settings.upload_window_bytes)
-        self._rows: list[RunRow] = []
-        self._ids: set[uuid.UUID] = set()
-        self._uploads: set[asyncio.Task] = set()
+        self._rows: dict[uuid.UUID, RunRow] = {}  # runs new to the database
+        self._replaced: dict[uuid.UUID, Replacement] = {}  # runs the database has, rewritten
+        self._attachments: list[Attachment] = []
+        self._index: dict[uuid.UUID, int] = {}  # where each run or patch was in the request
+        self._patched: list[uuid.UUID] = []
+        self._uploads: dict[str, asyncio.Task] = {}  # key -> its upload, while it runs
+        self._keys: list[str] = []  # every object this request uploads: deleted if it fails
+        self._superseded: list[str] = []  # objects no run points at once this request commits
         self._failure: RunError | None = None
         self._aborted = False
-        self.bytes_received = 0
 
-    async def feed(self, chunk: bytes) -> None:
-        """Take the next chunk of the body; returns once its runs' uploads have started."""
-        self.bytes_received += len(chunk)
-        if self.bytes_received > self._max_body_bytes:
-            raise RunError(413, f"body is larger than {self._max_body_bytes} bytes")
-        self._raise_failure()
-        for run in self._splitter.feed(chunk):
-            await self._start_upload(run)
+    @property
+    def run_count(self) -> int:
+        return len(self._rows) + len(self._replaced)
 
-    async def commit(self) -> list[str]:
-        """The body has ended: wait for the uploads, then write every row in one statement."""
-        for run in self._splitter.close():
-            await self._start_upload(run)
+    async def add_run(self, run: Run) -> None:
+        """A run to create; its upload starts now."""
+        if run.id in self._rows or run.id in self._replaced:
+            raise RunError(409, f"run {run.index}: id {run.id} is repeated in the batch", run.index)
+        self._index[run.id] = run.index
+        key = await self._upload(run_object_key(self.tenant, run.id), run.body)
+        self._rows[run.id] = RunRow.of(run, key)
+
+    async def add_patch(self, run_id: uuid.UUID, patch: bytes, index: int) -> None:
+        """Fields to set on a run (given as a checked JSON object); nulls mean "not given"."""
+        updates = [(k, raw) for k, raw in object_fields(patch) if raw != "null" and k != "id"]
+        label = f"patch {index} of run {run_id}"
+        if run_id in self._rows:
+            base_key, old_key, posted = self._rows[run_id].object_key, None, self._rows[run_id].posted
+        elif run_id in self._replaced:
+            previous = self._replaced[run_id]
+            base_key, old_key, posted = previous.row.object_key, previous.old_key, previous.row.posted
+        else:
+            found = await self._db.find_current(self.tenant, run_id)
+            if found is None:  # the patch came first: stored alone until the post comes
+                body = build_object([("id", json.dumps(str(run_id))), *updates])
+                run = parse_run(body, self._settings.max_run_bytes, self._settings.max_depth, label, ())
+                self._index.setdefault(run_id, index)
+                key = await self._upload(run_object_key(self.tenant, run_id), run.body)
+                self._rows[run_id] = RunRow.of(run, key, posted=False)
+                self._patched.append(run_id)
+                return
+            base_key, posted = found
+            old_key = base_key
+        base = object_fields(await self._read(base_key))
+        run = self._parse(merged(base, updates), label, posted)
+        if dict(base).get("trace_id") not in (None, json.dumps(str(run.trace_id))):
+            raise RunError(400, f"{label}: trace_id of a run cannot change", index)
+        self._index.setdefault(run_id, index)
+        key = await self._upload(run_object_key(self.tenant, run_id), run.body)
+        self._superseded.append(base_key)
+        row = RunRow.of(run, key, posted)
+        if old_key is None:
+            self._rows[run_id] = row
+        else:
+            self._replaced[run_id] = Replacement(row, old_key)
+        self._patched.append(run_id)
+
+    async def add_attachment(self, run_id: uuid.UUID, name: str, content_type: str, data: bytes) -> None:
+        key = await self._upload(attachment_object_key(self.tenant, run_id), data, content_type)
+        self._attachments.append(Attachment(run_id, name, key, content_type, len(data)))
+
+    async def commit(self) -> dict[str, list[str]]:
+        """The request has ended: wait for the uploads, then write every row in one transaction.
+
+        Returns the ids of the runs created and of the runs patched."""
+        await self._wait_uploads()
+        try:
+            await self._write()
+        except PostedAfterPatch as e:  # posts of runs whose patches came first: merge, then retry
+            await self._merge_posts_under_patches(e.patches)
+            await self._wait_uploads()
+            await self._write()
+        if self._superseded:
+            await self._delete(self._superseded)
+        created = [str(i) for i, row in self._rows.items() if row.posted and i not in self._patched]
+        created += [str(i) for i in self._replaced if self._replaced[i].row.posted and i not in self._patched]
+        return {"ids": created, "patched": [str(i) for i in dict.fromkeys(self._patched)]}
+
+    async def _wait_uploads(self) -> None:
         if self._uploads:
-            await asyncio.wait(list(self._uploads))
+            await asyncio.wait(list(self._uploads.values()))
         self._raise_failure()
         if self._aborted:  # never write rows for objects that abort() deleted
             raise RunError(499, "batch aborted")
-        if self._rows:
-            await self._db.insert_runs(self.tenant, self._rows)
-        return [str(row.id) for row in self._rows]
+
+    async def _write(self) -> None:
+        try:
+            await self._db.write_batch(
+                self.tenant, list(self._rows.values()), list(self._replaced.values()), self._attachments
+            )
+        except RunError as e:
+            index = self._index.get(e.run_id)
+            if e.index is None and index is not None:
+                raise RunError(e.status, f"run {index}: {e.reason}", index) from e
+            raise
+
+    async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, str]) -> None:
+        """Runs posted now whose patches were stored before: the patches' fields win."""
+        for run_id, patch_key in patches.items():
+            row = self._rows.pop(run_id)
+            updates = object_fields(await self._read(patch_key))
+            run = self._parse(
+                merged(object_fields(await self._read(row.object_key)), updates), f"run {run_id}"
+            )
+            key = await self._upload(run_object_key(self.tenant, run_id), run.body)
+            self._superseded += [row.object_key, patch_key]
+            self._replaced[run_id] = Replacement(RunRow.of(run, key), patch_key)
+
+    def _parse(self, body: bytes, label: str, posted: bool = True) -> Run:
+        s = self._settings
+        return parse_run(body, s.max_run_bytes, s.max_depth, label, REQUIRED if posted else ())
 
     async def abort(self, error: BaseException | None = None) -> None:
         """Stop the uploads and delete every object this batch may have written."""
         if self._aborted:
             return
         self._aborted = True
-        for task in self._uploads:
+        for task in self._uploads.values():
             task.cancel()
         if self._uploads:
-            await asyncio.wait(list(self._uploads))
+            await asyncio.wait(list(self._uploads.values()))
         if isinstance(error, CommitUnknown):
-            log.error("insert outcome unknown; settling %d runs in the background", len(self._rows))
+            log.error("commit outcome unknown; settling %d objects in the background", len(self._keys))
             task = asyncio.create_task(self._settle_later(error.backend))
             _SETTLING.add(task)
             task.add_done_callback(_SETTLING.discard)
             return
-        await self._delete_objects()
+        await self._delete(self._keys)
 
-    async def _delete_objects(self) -> None:
-        keys = [row.object_key for row in self._rows]
+    async def _delete(self, keys: list[str]) -> None:
         if not keys:
             return
         try:
             await self._store.delete(keys)
         except RunError as e:
-            log.error(
-                "could not delete %d objects of a failed batch (gc removes them): %s", len(keys), e.reason
-            )
+            log.error("could not delete %d objects (gc removes them): %s", len(keys), e.reason)
 
     async def _settle_later(self, backend: tuple[int, int]) -> None:
-        """Once the database answers again: delete the objects if the insert did not commit."""
-        keys = [row.object_key for row in self._rows]
+        """Once the database answers again: delete what the request wrote if it did not commit,
+        or what it replaced if it did."""
+        keys = [r.object_key for r in self._rows.values()] + [
+            r.row.object_key for r in self._replaced.values()
+        ]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _SETTLE_FOR_S
         while loop.time() < deadline:
@@ -138,10 +236,11 @@ class BatchIngest:
                 log.debug("settling: %s", e)
                 continue
             if found == 0:
-                await self._delete_objects()
-                log.info("settled: the insert had not committed; %d objects deleted", len(keys))
+                await self._delete(self._keys)
+                log.info("settled: the batch had not committed; %d objects deleted", len(self._keys))
             else:
-                log.warning("settled: the insert had committed (%d of %d rows)", found, len(keys))
+                await self._delete(self._superseded)
+                log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
             return
         log.error(
             "could not settle %d runs in %d s; gc will remove their objects if unused",
@@ -149,25 +248,25 @@ class BatchIngest:
             _SETTLE_FOR_S,
         )
 
-    async def _start_upload(self, run: Run) -> None:
-        if run.id in self._ids:
-            raise RunError(409, f"run {run.index}: id {run.id} is repeated in the batch", run.index)
-        self._ids.add(run.id)
-        key = object_key(self.tenant, run.id)
-        size = len(run.body)
+    async def _upload(self, key: str, body: bytes, content_type: str = "application/json") -> str:
+        """Start uploading ``body`` under ``key`` once the window has room; returns the key."""
+        size = len(body)
         await self._window.acquire(size)
         if self._aborted:  # the request ended while we waited for room
             self._window.release(size)
             raise RunError(499, "batch aborted")
         # Recorded before the upload starts, so abort() deletes it even if the upload is cut short.
-        self._rows.append(RunRow(run.id, run.trace_id, run.name, key, size))
-        task = asyncio.create_task(self._upload(key, run.body, size))
-        self._uploads.add(task)
-        task.add_done_callback(self._uploads.discard)
+        self._keys.append(key)
+        task = asyncio.create_task(self._put(key, body, size, content_type))
+        self._uploads[key] = task
+        task.add_done_callback(lambda _: self._uploads.pop(key, None))
+        return key
 
-    async def _upload(self, key: str, body: bytes, size: int) -> None:
+    async def _put(self, key: str, body: bytes, size: int, content_type: str) -> None:
+        started = time.perf_counter()
         try:
-            await self._store.put(key, body)
+            await self._store.put(key, body, content_type)
+            metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
         except RunError as e:
             self._failure = self._failure or e
         except Exception as e:  # a bug must still fail the batch, not vanish in a task
@@ -175,6 +274,14 @@ class BatchIngest:
             self._failure = self._failure or RunError(503, f"upload failed: {e}")
         finally:
             self._window.release(size)
+
+    async def _read(self, key: str) -> bytes:
+        """A whole object: a run being patched (bounded by the run size limit)."""
+        upload = self._uploads.get(key)
+        if upload is not None:
+            await asyncio.wait([upload])
+        self._raise_failure()
+        return b"".join([chunk async for chunk in self._store.read(key)])
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

@@ -107,10 +107,10 @@ class ObjectStore:
             method, Params={"Bucket": self.bucket, "Key": key, **params}, ExpiresIn=_URL_EXPIRES
         )
 
-    async def put(self, key: str, body: bytes) -> None:
+    async def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
         checksum = crc32_base64(body)
-        url = await self._presign("put_object", key, ContentType="application/json", ChecksumCRC32=checksum)
-        headers = {"Content-Type": "application/json", "x-amz-checksum-crc32": checksum}
+        url = await self._presign("put_object", key, ContentType=content_type, ChecksumCRC32=checksum)
+        headers = {"Content-Type": content_type, "x-amz-checksum-crc32": checksum}
         for attempt in range(_ATTEMPTS):
             try:
                 async with self._http.put(url, data=body, headers=headers) as response:
@@ -156,3 +156,7 @@ class ObjectStore:
                     yield chunk
         except (TimeoutError, S3Error, aiohttp.ClientError, OSError) as e:
             raise storage_error("get", e) from e
+
+    async def ping(self) -> None:
+        """HEAD the bucket, for GET /ready: the server answers and our credentials reach the bucket."""
+        await self._client.head_bucket(Bucket=self.bucket)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import ijson
 
@@ -33,34 +35,102 @@ _SEPARATORS = _WHITESPACE + b",[]"
 _OPEN_BRACE = ord("{")
 MAX_NAME_CHARS = 1024
 UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_OBJECT_FIELDS = ("inputs", "outputs", "metadata")
+MAX_DOTTED_ORDER_CHARS = 8192
+RUN_TYPES = frozenset({"tool", "chain", "llm", "retriever", "embedding", "prompt", "parser"})
+_OBJECT_FIELDS = frozenset({"inputs", "outputs", "metadata", "extra", "serialized"})
+_ARRAY_FIELDS = frozenset({"events", "tags"})
+# Optional scalar fields kept in PostgreSQL columns, so runs can be listed without their payloads.
+_UUID_FIELDS = frozenset({"parent_run_id", "session_id", "reference_example_id"})
+_TIME_FIELDS = frozenset({"start_time", "end_time"})
+_TEXT_FIELDS = {"session_name": MAX_NAME_CHARS, "dotted_order": MAX_DOTTED_ORDER_CHARS}
+REQUIRED = ("trace_id", "name")
 
 
 @dataclass(slots=True)
 class Run:
-    """One run, ready to store: ``body`` is what GET will return."""
+    """One run: its fields as parsed, and ``body``, what GET will return, once complete."""
 
-    index: int
-    id: uuid.UUID
-    trace_id: uuid.UUID
-    name: str
-    body: bytes
-
-
-@dataclass(slots=True)
-class _Fields:
     index: int
     id: uuid.UUID | None = None
     trace_id: uuid.UUID | None = None
     name: str | None = None
+    run_type: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    parent_run_id: uuid.UUID | None = None
+    dotted_order: str | None = None
+    session_name: str | None = None
+    session_id: uuid.UUID | None = None
+    reference_example_id: uuid.UUID | None = None
+    has_error: bool = False
+    body: bytes = b""
+
+    @property
+    def status(self) -> str:
+        if self.has_error:
+            return "error"
+        return "success" if self.end_time is not None else "pending"
+
+
+def parse_run(
+    body: bytes,
+    max_run_bytes: int,
+    max_depth: int,
+    label: str,
+    required: tuple[str, ...] = REQUIRED,
+    new_id: Callable[[], uuid.UUID] | None = None,
+) -> Run:
+    """One run given whole (a multipart part, a PATCH body, a patched run), checked exactly like a
+    run in a streamed batch; errors name it by ``label``."""
+    splitter = RunSplitter(max_run_bytes, 1, max_depth, required, label, new_id)
+    runs = [*splitter.feed(b"["), *splitter.feed(body), *splitter.feed(b"]"), *splitter.close()]
+    if len(runs) != 1:  # "[]" or only whitespace: an empty body
+        raise RunError(400, f"{label} must be a JSON object")
+    return runs[0]
+
+
+def _first_line(error: Exception) -> str:
+    """yajl's message without its multi-line excerpt of the input (which may be bytes)."""
+    message = error.args[0] if error.args else str(error)
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    return message.splitlines()[0] if message else "invalid JSON"
+
+
+def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
+    """``data`` is exactly one JSON value, held to the rules of a run's bytes (a payload part that
+    is joined into a run: alone, it must not be able to add fields or end the object early)."""
+    if b"\x0b" in data or b"\x0c" in data:
+        raise RunError(
+            400, f"{label}: invalid JSON: vertical tab or form feed outside a string escape", index
+        )
+    if data.find(b"\\") >= 0 and _LONE_HIGH_SURROGATE.search(data):
+        raise RunError(400, f"{label}: a \\u escape is an unpaired surrogate", index)
+    try:
+        for _ in ijson.basic_parse(data):
+            pass
+    except (ijson.JSONError, ValueError, ArithmeticError, SystemError) as e:
+        message = _first_line(e) if isinstance(e, ijson.JSONError) else "invalid UTF-8 or number"
+        raise RunError(400, f"{label}: invalid JSON: {message}", index) from None
 
 
 class RunSplitter:
     """Feed it the body's chunks in order; it returns the runs completed by each chunk."""
 
-    def __init__(self, max_run_bytes: int, max_runs: int, max_depth: int = 512) -> None:
+    def __init__(
+        self,
+        max_run_bytes: int,
+        max_runs: int,
+        max_depth: int = 512,
+        required: tuple[str, ...] = REQUIRED,
+        label: str | None = None,
+        new_id: Callable[[], uuid.UUID] | None = uuid.uuid4,
+    ) -> None:
         self.max_run_bytes = max_run_bytes
         self.max_runs = max_runs
+        self.required = required
+        self.label = label  # what errors call the run, when not "run <index>"
+        self.new_id = new_id  # the id given to a run that has none; None leaves it without
         # Counted from the top-level array: a run's own fields are at depth 2.
         self.max_depth = max_depth
         self._events = ijson.sendable_list()
@@ -69,8 +139,8 @@ class RunSplitter:
         # Validator state.
         self._seen_array = False
         self._ended = False  # the array has closed: only whitespace may follow
-        self._run: _Fields | None = None  # the run being received
-        self._closed: _Fields | None = None  # the run the last piece closed
+        self._run: Run | None = None  # the run being received
+        self._closed: Run | None = None  # the run the last piece closed
         self._keys: set[str] = set()
         self._key: str | None = None  # a run's field whose value comes next
         self._depth = 0  # 1 inside the array, 2 inside a run
@@ -137,10 +207,7 @@ class RunSplitter:
             # through (overlong UTF-8, encoded surrogates) fail to decode, and numbers beyond
             # Python's limits (over 4300 digits, an exponent of 10**18) fail to convert.
             if isinstance(e, ijson.JSONError):
-                message = e.args[0] if e.args else str(e)
-                if isinstance(message, bytes):
-                    message = message.decode("utf-8", "replace")
-                message = message.splitlines()[0] if message else "invalid JSON"
+                message = _first_line(e)
                 # Events parsed before the error still count: they tell which run was broken.
                 self._validate()
             else:
@@ -151,7 +218,7 @@ class RunSplitter:
                     message = "invalid UTF-8 or an unpaired surrogate"
                 else:
                     message = "a number too large to handle"
-            where = f"run {self._run.index}" if self._run else "body"
+            where = self._name(self._run.index) if self._run else "body"
             index = self._run.index if self._run else None
             raise RunError(400, f"invalid JSON in {where}: {message}", index) from None
         self._validate()
@@ -211,7 +278,7 @@ class RunSplitter:
     def _start_run(self) -> None:
         if self._count >= self.max_runs:
             raise RunError(413, f"batch has more than {self.max_runs} runs", self._count)
-        self._run = _Fields(self._count)
+        self._run = Run(self._count)
         self._count += 1
         self._keys = set()
 
@@ -224,20 +291,55 @@ class RunSplitter:
         elif key == "name":
             if event != "string":
                 raise self._error("name must be a string")
-            if "\x00" in value:
-                raise self._error("name must not contain NUL characters")
-            if len(value) > MAX_NAME_CHARS:
-                raise self._error(f"name is longer than {MAX_NAME_CHARS} characters")
-            run.name = value
-        elif key in _OBJECT_FIELDS and event != "start_map":
-            raise self._error(f"{key} must be an object")
+            run.name = self._text(key, value, MAX_NAME_CHARS)
+        elif event == "null":
+            return  # every other field may be null, which is the same as absent
+        elif key in _OBJECT_FIELDS:
+            if event != "start_map":
+                raise self._error(f"{key} must be an object")
+        elif key in _ARRAY_FIELDS:
+            if event != "start_array":
+                raise self._error(f"{key} must be an array")
+        elif key == "error":
+            if event != "string":
+                raise self._error("error must be a string")
+            run.has_error = True
+        elif key in _UUID_FIELDS:
+            if event != "string" or not UUID_TEXT.fullmatch(value):
+                raise self._error(f"{key} must be a UUID string")
+            setattr(run, key, uuid.UUID(value))
+        elif key in _TIME_FIELDS:
+            setattr(run, key, self._time(key, event, value))
+        elif key in _TEXT_FIELDS:
+            if event != "string":
+                raise self._error(f"{key} must be a string")
+            setattr(run, key, self._text(key, value, _TEXT_FIELDS[key]))
+        elif key == "run_type":
+            if event != "string" or value not in RUN_TYPES:
+                raise self._error(f"run_type must be one of {', '.join(sorted(RUN_TYPES))}")
+            run.run_type = value
+
+    def _text(self, key: str, value: str, max_chars: int) -> str:
+        if "\x00" in value:
+            raise self._error(f"{key} must not contain NUL characters")
+        if len(value) > max_chars:
+            raise self._error(f"{key} is longer than {max_chars} characters")
+        return value
+
+    def _time(self, key: str, event: str, value: object) -> datetime:
+        try:
+            if event != "string":
+                raise ValueError
+            moment = datetime.fromisoformat(value)
+            return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        except ValueError:
+            raise self._error(f"{key} must be an ISO 8601 date-time string") from None
 
     def _finish_run(self) -> None:
         run = self._run
-        if run.trace_id is None:
-            raise self._error("trace_id is required")
-        if run.name is None:
-            raise self._error("name is required")
+        for field in self.required:
+            if getattr(run, field) is None:
+                raise self._error(f"{field} is required")
         self._closed = run
         self._run = None
 
@@ -246,8 +348,11 @@ class RunSplitter:
             return RunError(400, f"body nested deeper than {self.max_depth} levels")
         return self._error(f"nested deeper than {self.max_depth} levels")
 
+    def _name(self, index: int) -> str:
+        return self.label or f"run {index}"
+
     def _error(self, reason: str) -> RunError:
-        return RunError(400, f"run {self._run.index}: {reason}", self._run.index)
+        return RunError(400, f"{self._name(self._run.index)}: {reason}", self._run.index)
 
     # -- run boundaries and bytes --------------------------------------------------------------
 
@@ -263,7 +368,8 @@ class RunSplitter:
                 if not self._seen_array and not piece.lstrip(_WHITESPACE).startswith(b"["):
                     raise RunError(400, "invalid JSON in body: the body must be a JSON array of runs")
                 index = self._count
-                raise RunError(400, f"invalid JSON in run {index}: run {index} must be an object", index)
+                name = self._name(index)
+                raise RunError(400, f"invalid JSON in {name}: {name} must be an object", index)
             run_start = rest
         self._parse(piece, last=False)
         if self._ended:
@@ -286,7 +392,7 @@ class RunSplitter:
         fields, self._closed = self._closed, None
         return [self._take(fields)]
 
-    def _take(self, fields: _Fields) -> Run:
+    def _take(self, run: Run) -> Run:
         pending = self._pending
         # find() of one byte is a memchr: runs without any escape skip the slower searches.
         if (
@@ -294,15 +400,15 @@ class RunSplitter:
             and (b"\\ud" in pending or b"\\uD" in pending)
             and _LONE_HIGH_SURROGATE.search(pending)
         ):
-            raise RunError(400, f"run {fields.index}: a \\u escape is an unpaired surrogate", fields.index)
+            raise RunError(400, f"{self._name(run.index)}: a \\u escape is an unpaired surrogate", run.index)
         with memoryview(pending) as view:
-            if fields.id is None:
-                fields.id = uuid.uuid4()
-                body = b"".join((b'{"id":"', str(fields.id).encode(), b'",', view[1:]))
+            if run.id is None and self.new_id is not None:
+                run.id = self.new_id()
+                run.body = b"".join((b'{"id":"', str(run.id).encode(), b'",', view[1:]))
             else:
-                body = bytes(view)
+                run.body = bytes(view)
         pending.clear()
-        return Run(fields.index, fields.id, fields.trace_id, fields.name, body)
+        return run
 
     def _too_large(self, index: int) -> RunError:
-        return RunError(413, f"run {index} is larger than {self.max_run_bytes} bytes", index)
+        return RunError(413, f"{self._name(index)} is larger than {self.max_run_bytes} bytes", index)

@@ -18,6 +18,7 @@ import re
 import select
 import socket
 import uuid
+from datetime import datetime
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -94,6 +95,43 @@ def strict_loads(text: str):
     )
 
 
+# What each optional field must be when it is not null (the checks of stream.py, simplified: the
+# formats of ids, times and run types are covered by explicit cases below).
+FIELD_TYPES = {
+    **dict.fromkeys(("inputs", "outputs", "metadata", "extra", "serialized"), dict),
+    **dict.fromkeys(("events", "tags"), list),
+    **dict.fromkeys(
+        (
+            "error",
+            "run_type",
+            "start_time",
+            "end_time",
+            "parent_run_id",
+            "session_id",
+            "reference_example_id",
+            "dotted_order",
+            "session_name",
+        ),
+        str,
+    ),
+}
+
+
+def _well_formed(field: str, value: str) -> bool:
+    if field in ("parent_run_id", "session_id", "reference_example_id"):
+        return bool(UUID_RE.fullmatch(value))
+    if field == "run_type":
+        return value in ("tool", "chain", "llm", "retriever", "embedding", "prompt", "parser")
+    if field in ("start_time", "end_time"):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return False
+    if field in ("dotted_order", "session_name"):
+        return len(value) <= (8192 if field == "dotted_order" else 1024) and "\x00" not in value
+    return True
+
+
 def oracle(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[int, str | list[str | None]]:
     """(400, why) for a body the service must refuse, else (201, the runs' ids: supplied (lower
     case) or None). Repeated or existing ids (409) are the caller's business."""
@@ -128,8 +166,11 @@ def oracle(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[int, str | 
         name = r.get("name")
         if not _is_string(name) or "\x00" in name:
             return 400, f"run {i} name"
-        for field in ("inputs", "outputs", "metadata"):
-            if field in r and not isinstance(r[field], dict):
+        for field, kind in FIELD_TYPES.items():
+            value = r.get(field)
+            if value is not None and not (_is_string(value) if kind is str else isinstance(value, kind)):
+                return 400, f"run {i} {field}"
+            if _is_string(value) and not _well_formed(field, value):
                 return 400, f"run {i} {field}"
         ids.append(r["id"].lower() if "id" in r else None)
     return 201, ids
@@ -417,7 +458,7 @@ REJECTED = [
         id="dup-id-same-value",
     ),
     pytest.param(with_run(b'"inputs":{},"inputs":{}'), 400, 0, "duplicate key 'inputs'", id="dup-inputs"),
-    pytest.param(with_run(b'"extra":1,"extra":1'), 400, 0, "duplicate key 'extra'", id="dup-extra-key"),
+    pytest.param(with_run(b'"zz":1,"zz":1'), 400, 0, "duplicate key 'zz'", id="dup-extra-key"),
     pytest.param(with_run(b'"na\\u006de":"y"'), 400, 0, "duplicate key 'name'", id="dup-escaped-key"),
     # trailing data and several top-level values
     pytest.param(b"[" + RUN0 + b"] [" + RUN0 + b"]", 400, None, "invalid JSON", id="two-arrays"),
@@ -444,9 +485,22 @@ REJECTED = [
     *_types("trace_id", [5, None, True, [], {}, 1.5]),
     *_types("name", [5, None, False, [], {}, ["x"]]),
     *_types("id", [5, None, True, [], {}]),
-    *_types("inputs", ["x", 1, None, True, [], [{}]]),
-    *_types("outputs", ["x", 0, None, False, []]),
-    *_types("metadata", ["{}", -1, None, True, [1]]),
+    *_types("inputs", ["x", 1, True, [], [{}]]),
+    *_types("outputs", ["x", 0, False, []]),
+    *_types("metadata", ["{}", -1, True, [1]]),
+    *_types("extra", ["x", 1, []]),
+    *_types("serialized", ["{}", False]),
+    *_types("events", [{}, "[]", 1]),
+    *_types("tags", [{}, "a"]),
+    *_types("error", [{}, [], 1, True]),
+    *_types("run_type", ["agent", "", 1, "LLM"]),
+    *_types("start_time", ["yesterday", "2024-13-01T00:00:00", 1700000000, ""]),
+    *_types("end_time", ["2024-01-01T25:00:00Z", []]),
+    *_types("parent_run_id", ["x", 5, NOT_UUIDS[1]]),
+    *_types("session_id", ["x"]),
+    *_types("reference_example_id", [1]),
+    *_types("dotted_order", [1, [], "x" * 8193]),
+    *_types("session_name", [1, "a\x00b", "x" * 1025]),
     # ids and trace ids that are not UUIDs
     *_types("id", NOT_UUIDS),
     *_types("trace_id", NOT_UUIDS[:8]),
@@ -919,9 +973,7 @@ def json_text(draw, value) -> str:
 
 
 OBJECTS = st.lists(st.tuples(st.text(max_size=6), VALUES), max_size=4).map(lambda v: v or ())
-EXTRA_KEYS = st.text(max_size=8).filter(
-    lambda k: k not in ("id", "trace_id", "name", "inputs", "outputs", "metadata")
-)
+EXTRA_KEYS = st.text(max_size=8).filter(lambda k: k not in ("id", "trace_id", "name", *FIELD_TYPES))
 
 
 @st.composite

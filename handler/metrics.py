@@ -1,0 +1,49 @@
+"""Prometheus metrics, served at GET /metrics.
+
+They live in their own registry, not prometheus_client's global one, so /metrics shows only what
+this service defines and tests can import the module without clashing with other registrations.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+REQUESTS = Counter(
+    "run_handler_requests_total",
+    "HTTP requests answered, by handler class, method and status: the error rate per route.",
+    ["handler", "method", "status"],
+    registry=REGISTRY,
+)
+"""Incremented once per request by ops.log_request."""
+
+RUNS_INGESTED = Counter(
+    "run_handler_runs_ingested_total",
+    "Runs committed (object stored and row inserted).",
+    registry=REGISTRY,
+)
+"""Throughput in runs, which request counts hide: one batch may hold 1 or 100,000 runs."""
+
+INGESTED_BYTES = Counter(
+    "run_handler_ingested_bytes_total",
+    "Request body bytes received by the ingestion routes.",
+    registry=REGISTRY,
+)
+"""Network-side throughput, counted as received, so aborted batches show up too."""
+
+UPLOAD_SECONDS = Histogram(
+    "run_handler_upload_seconds",
+    "Duration of one S3 PUT of a run, retries included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+"""Object storage latency is what bounds ingestion; buckets span 1 ms (small run, local MinIO)
+to 10 s (a 100 MiB run, or retries against a throttling server)."""
+
+BATCHES_IN_FLIGHT = Gauge(
+    "run_handler_batches_in_flight",
+    "POST /runs batches being received or committed.",
+    registry=REGISTRY,
+)
+"""Load right now, and what a shutdown has to wait for."""
