@@ -21,8 +21,9 @@ from handler.decompress import decoder_for
 from handler.errors import RunError
 from handler.ingest import BatchIngest
 from handler.multipart import MultipartReader, boundary_of
+from handler.readers import ArrayReader, BatchReader, PatchReader
 from handler.storage import ObjectStore
-from handler.stream import UUID_TEXT, RunSplitter, parse_run
+from handler.stream import UUID_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -204,22 +205,6 @@ class IngestHandler(JSONHandler):
             metrics.BATCHES_IN_FLIGHT.dec()
 
 
-class ArrayReader:
-    """A JSON array of runs (POST /runs)."""
-
-    def __init__(self, ingest: BatchIngest, settings: Settings) -> None:
-        self._ingest = ingest
-        self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch, settings.max_depth)
-
-    async def feed(self, chunk: bytes) -> None:
-        for run in self._splitter.feed(chunk):
-            await self._ingest.add_run(run)
-
-    async def close(self) -> None:
-        for run in self._splitter.close():
-            await self._ingest.add_run(run)
-
-
 class RunsHandler(IngestHandler):
     """POST /runs: a JSON array of runs, streamed. GET /runs?trace_id=: a page of a trace."""
 
@@ -276,26 +261,19 @@ class MultipartHandler(IngestHandler):
             self.finish(result)
 
 
-class PatchReader:
-    """A PATCH body: one JSON object, held until it ends (it is bounded by the run size limit)."""
+class BatchHandler(IngestHandler):
+    """POST /runs/batch: LangSmith's ``{"post": [...], "patch": [...]}`` (readers.BatchReader)."""
 
-    def __init__(self, ingest: BatchIngest, settings: Settings, run_id: uuid.UUID) -> None:
-        self._ingest = ingest
-        self._settings = settings
-        self._run_id = run_id
-        self._body = bytearray()
+    SUPPORTED_METHODS = ("POST",)
 
-    async def feed(self, chunk: bytes) -> None:
-        self._body += chunk
-        if len(self._body) > self._settings.max_run_bytes:
-            raise RunError(413, f"patch is larger than {self._settings.max_run_bytes} bytes")
+    def make_reader(self, ingest: BatchIngest) -> BatchReader:
+        return BatchReader(ingest, self.config)
 
-    async def close(self) -> None:
-        s = self._settings
-        patch = parse_run(bytes(self._body), s.max_run_bytes, s.max_depth, "patch", ())
-        if patch.id not in (None, self._run_id):
-            raise RunError(400, f"patch: id {patch.id} is not the run's id {self._run_id}")
-        await self._ingest.add_patch(self._run_id, patch.body, 0)
+    async def post(self) -> None:
+        result = await self.commit()
+        if result is not None:
+            self.set_status(202)
+            self.finish(result)
 
 
 class RunHandler(IngestHandler):
@@ -436,6 +414,7 @@ def make_app(
         [
             (r"/runs", RunsHandler, ingest_deps),
             (r"/runs/multipart", MultipartHandler, ingest_deps),
+            (r"/runs/batch", BatchHandler, ingest_deps),
             (r"/runs/([^/]+)", RunHandler, ingest_deps),
             (r"/runs/([^/]+)/attachments/([^/]+)", AttachmentHandler, ingest_deps),
             (r"/info", InfoHandler, deps),

@@ -39,6 +39,9 @@ MAX_DOTTED_ORDER_CHARS = 8192
 RUN_TYPES = frozenset({"tool", "chain", "llm", "retriever", "embedding", "prompt", "parser"})
 _OBJECT_FIELDS = frozenset({"inputs", "outputs", "metadata", "extra", "serialized"})
 _ARRAY_FIELDS = frozenset({"events", "tags"})
+# The first event each item of an array field may have.
+_ITEM_EVENTS = {"tags": frozenset({"string"}), "events": frozenset({"start_map"})}
+_ITEM_ERRORS = {"tags": "tags must be an array of strings", "events": "events must be an array of objects"}
 # Optional scalar fields kept in PostgreSQL columns, so runs can be listed without their payloads.
 _UUID_FIELDS = frozenset({"parent_run_id", "session_id", "reference_example_id"})
 _TIME_FIELDS = frozenset({"start_time", "end_time"})
@@ -125,12 +128,19 @@ class RunSplitter:
         required: tuple[str, ...] = REQUIRED,
         label: str | None = None,
         new_id: Callable[[], uuid.UUID] | None = uuid.uuid4,
+        noun: str = "run",
+        nested: bool = False,
     ) -> None:
         self.max_run_bytes = max_run_bytes
         self.max_runs = max_runs
         self.required = required
         self.label = label  # what errors call the run, when not "run <index>"
         self.new_id = new_id  # the id given to a run that has none; None leaves it without
+        self.noun = noun  # errors say "<noun> <index>"
+        # The array is a value inside a larger document: where it ends, the input after it is
+        # kept in ``rest`` (for the caller to read) instead of being refused as trailing data.
+        self.nested = nested
+        self.rest: bytes | None = None
         # Counted from the top-level array: a run's own fields are at depth 2.
         self.max_depth = max_depth
         self._events = ijson.sendable_list()
@@ -143,6 +153,7 @@ class RunSplitter:
         self._closed: Run | None = None  # the run the last piece closed
         self._keys: set[str] = set()
         self._key: str | None = None  # a run's field whose value comes next
+        self._items: str | None = None  # the array field (tags, events) whose items come next
         self._depth = 0  # 1 inside the array, 2 inside a run
         self._count = 0
         self._event_count = 0
@@ -151,6 +162,11 @@ class RunSplitter:
         # Input not yet given to ijson, and how much to gather before giving it (see the top).
         self._unfed = bytearray()
         self._hold = 0
+
+    @property
+    def count(self) -> int:
+        """Runs begun so far."""
+        return self._count
 
     def feed(self, chunk: bytes) -> list[Run]:
         if self._unfed or self._hold:
@@ -173,17 +189,21 @@ class RunSplitter:
             raise RunError(400, "invalid JSON: vertical tab or form feed outside a string escape", index)
         runs: list[Run] = []
         pos = 0
-        while (brace := chunk.find(b"}", pos)) >= 0:
-            runs.extend(self._feed_piece(chunk[pos : brace + 1]))
-            pos = brace + 1
-        if pos < len(chunk):
-            runs.extend(self._feed_piece(chunk[pos:]))
+        while pos < len(chunk):
+            brace = chunk.find(b"}", pos)
+            end = len(chunk) if brace < 0 else brace + 1
+            runs.extend(self._feed_piece(chunk[pos:end]))
+            pos = end
+            if self.rest is not None:  # a nested array ended in that piece
+                self.rest += chunk[pos:]
+                break
         return runs
 
     def close(self) -> list[Run]:
         """Signal the end of the body and return the runs still held back.
 
-        Raises if the body was not one complete array of runs.
+        Raises if the body was not one complete array of runs (nested: if the array has not
+        ended; what follows it is in ``rest``).
         """
         runs = self._feed_pieces(bytes(self._unfed))
         self._unfed.clear()
@@ -231,13 +251,15 @@ class RunSplitter:
         """
         events = self._events
         self._event_count += len(events)
-        depth, key = self._depth, self._key
+        depth, key, items = self._depth, self._key, self._items
         for event, value in events:
             if key is not None:  # the first event of a run's top-level field
                 self._check_field(key, event, value)
-                key = None
                 if event == "start_map" or event == "start_array":
                     depth += 1  # 3, below any sensible max_depth
+                    if key in _ITEM_EVENTS:
+                        items = key
+                key = None
             elif event == "map_key":
                 if depth == 2:
                     if value in self._keys:
@@ -248,6 +270,8 @@ class RunSplitter:
                 depth += 1
                 if depth > self.max_depth:
                     raise self._too_deep()
+                if depth == 4 and items is not None and event not in _ITEM_EVENTS[items]:
+                    raise self._error(_ITEM_ERRORS[items])
                 if depth == 2:
                     self._start_run()
                 elif depth == 1:
@@ -260,19 +284,25 @@ class RunSplitter:
                 depth += 1
                 if depth > self.max_depth:
                     raise self._too_deep()
+                if depth == 4 and items is not None:
+                    raise self._error(_ITEM_ERRORS[items])
                 if depth == 1:
                     self._seen_array = True
                 elif depth == 2:
                     raise RunError(400, f"run {self._count} must be an object, got array", self._count)
             elif event == "end_array":
                 depth -= 1
-                if depth == 0:
+                if depth == 2:
+                    items = None
+                elif depth == 0:
                     self._ended = True
             elif depth < 2:  # a scalar outside any run
                 if depth == 0:
                     raise RunError(400, "body must be a JSON array of runs")
                 raise RunError(400, f"run {self._count} must be an object, got {event}", self._count)
-        self._depth, self._key = depth, key
+            elif items is not None and depth == 3 and event not in _ITEM_EVENTS[items]:
+                raise self._error(_ITEM_ERRORS[items])
+        self._depth, self._key, self._items = depth, key, items
         events.clear()
 
     def _start_run(self) -> None:
@@ -331,8 +361,9 @@ class RunSplitter:
             if event != "string":
                 raise ValueError
             moment = datetime.fromisoformat(value)
-            return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-        except ValueError:
+            # In UTC: PostgreSQL takes offsets up to 15:59 only, RFC 3339 up to 23:59.
+            return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
             raise self._error(f"{key} must be an ISO 8601 date-time string") from None
 
     def _finish_run(self) -> None:
@@ -349,7 +380,7 @@ class RunSplitter:
         return self._error(f"nested deeper than {self.max_depth} levels")
 
     def _name(self, index: int) -> str:
-        return self.label or f"run {index}"
+        return self.label or f"{self.noun} {index}"
 
     def _error(self, reason: str) -> RunError:
         return RunError(400, f"{self._name(self._run.index)}: {reason}", self._run.index)
@@ -364,7 +395,10 @@ class RunSplitter:
             # error, found here rather than once ijson has buffered the whole token.
             rest = piece.lstrip(_SEPARATORS)
             closes_array = b"]" in piece[: len(piece) - len(rest)]  # what follows is trailing data
-            if rest and rest[0] != _OPEN_BRACE and not closes_array:
+            if closes_array and self.nested:
+                end = piece.index(b"]") + 1
+                piece, self.rest = piece[:end], piece[end:]
+            elif rest and rest[0] != _OPEN_BRACE and not closes_array:
                 if not self._seen_array and not piece.lstrip(_WHITESPACE).startswith(b"["):
                     raise RunError(400, "invalid JSON in body: the body must be a JSON array of runs")
                 index = self._count
@@ -372,7 +406,7 @@ class RunSplitter:
                 raise RunError(400, f"invalid JSON in {name}: {name} must be an object", index)
             run_start = rest
         self._parse(piece, last=False)
-        if self._ended:
+        if self._ended and not self.nested:
             # yajl reports complete values after the array, not a string or number left open.
             trailing = piece if was_ended else piece[piece.index(b"]") + 1 :]
             if trailing.strip(_WHITESPACE):

@@ -172,6 +172,10 @@ def oracle(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[int, str | 
                 return 400, f"run {i} {field}"
             if _is_string(value) and not _well_formed(field, value):
                 return 400, f"run {i} {field}"
+        if not all(_is_string(tag) for tag in r.get("tags") or ()):
+            return 400, f"run {i} tags"
+        if not all(isinstance(event, dict) for event in r.get("events") or ()):
+            return 400, f"run {i} events"
         ids.append(r["id"].lower() if "id" in r else None)
     return 201, ids
 
@@ -490,8 +494,8 @@ REJECTED = [
     *_types("metadata", ["{}", -1, True, [1]]),
     *_types("extra", ["x", 1, []]),
     *_types("serialized", ["{}", False]),
-    *_types("events", [{}, "[]", 1]),
-    *_types("tags", [{}, "a"]),
+    *_types("events", [{}, "[]", 1, [1], ["x"], [{}, []], [None]]),
+    *_types("tags", [{}, "a", [1], ["a", {}], [[]], [None]]),
     *_types("error", [{}, [], 1, True]),
     *_types("run_type", ["agent", "", 1, "LLM"]),
     *_types("start_time", ["yesterday", "2024-13-01T00:00:00", 1700000000, ""]),
