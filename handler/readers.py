@@ -14,7 +14,7 @@ from handler.ingest import BatchIngest
 from handler.stream import Run, RunSplitter, parse_run
 
 _WHITESPACE = b" \t\r\n"
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_QUOTE, _BACKSLASH, _OPEN_BRACE = ord('"'), ord("\\"), ord("{")
 _SHAPE = '{"post": [...], "patch": [...]}'
 # The object around the arrays: (state, byte) -> next state.
 _MOVES = {
@@ -30,19 +30,42 @@ _MOVES = {
 
 
 class ArrayReader:
-    """POST /runs: a JSON array of runs."""
+    """POST /runs: a JSON array of runs, streamed; or a single run (a JSON object), which is what
+    LangSmith clients send when they do not batch, held until it ends (it is one run)."""
 
     def __init__(self, ingest: BatchIngest, settings: Settings) -> None:
         self._ingest = ingest
+        self._settings = settings
         self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch, settings.max_depth)
+        self._single: bytearray | None = None
+        self._decided = False
 
     async def feed(self, chunk: bytes) -> None:
-        for run in self._splitter.feed(chunk):
-            await self._ingest.add_run(run)
+        if not self._decided:
+            head = chunk.lstrip(_WHITESPACE)
+            if not head:  # only whitespace so far: the splitter takes it either way
+                self._splitter.feed(chunk)
+                return
+            self._decided = True
+            if head[0] == _OPEN_BRACE:
+                self._single = bytearray()
+        if self._single is None:
+            for run in self._splitter.feed(chunk):
+                await self._ingest.add_run(run)
+            return
+        self._single += chunk
+        if len(self._single) > self._settings.max_run_bytes:
+            raise RunError(413, f"run 0 is larger than {self._settings.max_run_bytes} bytes", 0)
 
     async def close(self) -> None:
-        for run in self._splitter.close():
-            await self._ingest.add_run(run)
+        if self._single is None:
+            for run in self._splitter.close():
+                await self._ingest.add_run(run)
+            return
+        s = self._settings
+        await self._ingest.add_run(
+            parse_run(bytes(self._single), s.max_run_bytes, s.max_depth, "run 0", new_id=uuid.uuid4)
+        )
 
 
 class PatchReader:

@@ -129,7 +129,8 @@ REJECTED = [
     pytest.param(VALID[: len(VALID) // 2], 400, "invalid JSON", id="truncated"),
     pytest.param(VALID[:-1] + b", garbage]", 400, "invalid JSON", id="garbage-after-runs"),
     pytest.param(VALID + b"[]", 400, "invalid JSON", id="two-top-level-values"),
-    pytest.param(b'{"runs": []}', 400, "array", id="object-at-top-level"),
+    pytest.param(b'{"runs": []}', 400, "run 0: trace_id is required", id="object-that-is-not-a-run"),
+    pytest.param(b'"runs"', 400, "array", id="string-at-top-level"),
     pytest.param(
         VALID[:-1] + b', {"name": "no trace"}]', 400, "run 3: trace_id is required", id="invalid-run"
     ),
