@@ -20,7 +20,7 @@ from benchmarks.conftest import record
 from benchmarks.workloads import WORKLOADS, encode
 from handler.auth import OPEN_TENANT
 from handler.db import RunRow
-from handler.ingest import object_key
+from handler.ingest import run_object_key
 from tests.runs import split, with_id
 
 ROUNDS = 7
@@ -64,7 +64,7 @@ def test_storage_floor(benchmark, loop, backends, settings, workload):
         for raw, (trace_id, run_name) in zip(parts, heads, strict=True):
             run_id = uuid.uuid4()
             stored = with_id(raw, str(run_id))
-            key = object_key(OPEN_TENANT, run_id)
+            key = run_object_key(OPEN_TENANT, run_id)
             objects.append((key, stored))
             rows.append(RunRow(run_id, trace_id, run_name, key, len(stored)))
         return (objects, rows), {}
@@ -77,7 +77,7 @@ def test_storage_floor(benchmark, loop, backends, settings, workload):
                 await store.put(key, data)
 
         await asyncio.gather(*(put(key, data) for key, data in objects))
-        await db.insert_runs(OPEN_TENANT, rows)
+        await db.write_batch(OPEN_TENANT, rows)
 
     benchmark.group = name
     benchmark.name = f"floor_{name}"

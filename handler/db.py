@@ -90,10 +90,7 @@ _COLUMNS = ", ".join(RunRow._fields)
 _ARRAYS = ", ".join(f"%s::{_TYPES.get(name, 'text')}[]" for name in RunRow._fields)
 # One statement per kind of change, however many rows: the rows travel as one array per column
 # and unnest() turns them back into rows.
-_INSERT = f"""
-INSERT INTO runs (tenant, {_COLUMNS}) SELECT %s, * FROM unnest({_ARRAYS})
-ON CONFLICT (tenant, id) DO NOTHING RETURNING id
-"""
+_INSERT = f"INSERT INTO runs (tenant, {_COLUMNS}) SELECT %s, * FROM unnest({_ARRAYS})"
 _UPDATE = f"""
 UPDATE runs AS r SET {", ".join(f"{name} = u.{name}" for name in RunRow._fields[1:])}
 FROM unnest(%s::text[], {_ARRAYS}) AS u(old_key, {_COLUMNS})
@@ -129,6 +126,14 @@ _BACKEND_EXIT_WAIT_S = 10
 
 def database_error(error: Exception) -> RunError:
     return RunError(503, f"database unavailable: {error}".strip())
+
+
+def statement_error(error: Exception) -> RunError:
+    """A statement the server refused: a value it cannot store is the client's (SQLSTATE class 22,
+    data exception); anything else is ours."""
+    if isinstance(error, psycopg2.Error) and (error.pgcode or "").startswith("22"):
+        return RunError(400, f"a value cannot be stored: {error.diag.message_primary}")
+    return database_error(error)
 
 
 class CommitUnknown(RunError):
@@ -188,10 +193,16 @@ class Database:
     ) -> None:
         """Insert the new runs, repoint the patched ones and add the attachments, all or none.
 
-        Raises RunError 409 if an id already exists or a patched run changed meanwhile, 503 if
-        nothing was written, and CommitUnknown if the connection broke during COMMIT and the
-        outcome could not be settled.
+        New runs alone take one statement, which is its own transaction (one round trip); with
+        patches or attachments the statements run in one transaction.
+
+        Raises RunError 409 if an id already exists or a patched run changed meanwhile,
+        PostedAfterPatch for posts of runs that only have patches so far, 503 if nothing was
+        written, and CommitUnknown if the connection broke while the commit may have happened
+        and the outcome could not be settled.
         """
+        if not (rows or replacements or attachments):
+            return
         try:
             conn = await self._pool.acquire()
             backend = _backend_of(conn)
@@ -199,19 +210,25 @@ class Database:
             raise database_error(e) from e  # nothing was sent
         try:
             async with conn.cursor() as cur:
-                await self._write(cur, tenant, rows, replacements, attachments)
+                if replacements or attachments:
+                    await self._begin_and_write(cur, tenant, rows, replacements, attachments)
+                    committing: tuple = ("COMMIT", None)
+                else:
+                    committing = (_INSERT, (tenant, *_columns(rows)))
                 try:
-                    await cur.execute("COMMIT")
+                    await cur.execute(*committing)
+                except psycopg2.errors.UniqueViolation as e:
+                    await self._conflict(tenant, rows, e)
                 except psycopg2.Error as e:
                     if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
-                        raise database_error(e) from e  # the server rolled the transaction back
+                        raise statement_error(e) from e  # the server rolled it back
                     await self._settle(rows, replacements, backend, e)
                 except (OSError, TimeoutError) as e:
                     await self._settle(rows, replacements, backend, e)
         finally:
             self._pool.release(conn)
 
-    async def _write(
+    async def _begin_and_write(
         self,
         cur: aiopg.Cursor,
         tenant: str,
@@ -219,15 +236,12 @@ class Database:
         replacements: Sequence[Replacement],
         attachments: Sequence[Attachment],
     ) -> None:
-        """The statements of write_batch, in a transaction that is rolled back if any fails:
-        until COMMIT is sent nothing can be stored."""
+        """Every statement of write_batch but the COMMIT, in a transaction that is rolled back if
+        any fails: until COMMIT is sent nothing can be stored."""
         try:
             await cur.execute("BEGIN")
             if rows:
                 await cur.execute(_INSERT, (tenant, *_columns(rows)))
-                if cur.rowcount != len(rows):
-                    inserted = {uuid.UUID(str(row[0])) for row in await cur.fetchall()}
-                    await self._conflict(cur, tenant, [row for row in rows if row.id not in inserted])
             if replacements:
                 new_rows = [r.row for r in replacements]
                 old_keys = [r.old_key for r in replacements]
@@ -240,11 +254,11 @@ class Database:
             with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
                 await cur.execute("ROLLBACK")
             if isinstance(e, psycopg2.errors.UniqueViolation):
-                raise RunError(409, "an attachment of that name already exists for the run") from e
+                await self._conflict(tenant, rows, e)
             if isinstance(e, psycopg2.errors.ForeignKeyViolation):
                 raise RunError(404, "an attachment's run does not exist") from e
             if isinstance(e, psycopg2.Error | OSError | TimeoutError):
-                raise database_error(e) from e
+                raise statement_error(e) from e
             raise
 
     async def _settle(
@@ -292,20 +306,26 @@ class Database:
             await cur.execute("SELECT count(*) FROM runs WHERE object_key = ANY(%s)", (list(keys),))
             return (await cur.fetchone())[0]
 
-    async def _conflict(self, cur: aiopg.Cursor, tenant: str, rows: Sequence[RunRow]) -> None:
-        """Rows whose id exists already: a 409, unless only patches of those runs came so far
-        and these are their posts (PostedAfterPatch: merge, then write again)."""
-        await cur.execute(
+    async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error) -> None:
+        """A unique key was taken (nothing was written): a 409, unless these are the posts of runs
+        of which only patches are stored (PostedAfterPatch: merge them, then write again)."""
+        if error.diag.constraint_name == "run_attachments_pkey":
+            raise RunError(409, "an attachment of that name already exists for the run") from error
+        found = await self._fetch(
             "SELECT id, object_key, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
             (tenant, [str(row.id) for row in rows]),
         )
-        existing = {uuid.UUID(str(run_id)): (key, posted) for run_id, key, posted in await cur.fetchall()}
+        existing = {uuid.UUID(str(run_id)): (key, posted) for run_id, key, posted in found}
         patches = {}
         for row in rows:
-            key, posted = existing.get(row.id, (None, True))
+            if row.id not in existing:
+                continue
+            key, posted = existing[row.id]
             if posted or not row.posted:
-                raise RunError(409, f"id {row.id} already exists", run_id=row.id)
+                raise RunError(409, f"id {row.id} already exists", run_id=row.id) from error
             patches[row.id] = key
+        if not patches:  # taken by a request that has been undone since
+            raise RunError(409, "a run id was being written by another request; retry") from error
         raise PostedAfterPatch(patches)
 
     async def find_run(self, tenant: str, run_id: uuid.UUID) -> tuple[str, int] | None:

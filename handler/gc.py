@@ -2,7 +2,8 @@
 
 A batch uploads its runs before it writes their rows. A batch that fails deletes its objects,
 but a process killed mid-batch (or a failure of the delete itself, or an insert whose outcome
-was unknown) leaves objects without rows. They are invisible -- GET finds runs through their
+was unknown) leaves objects without rows; so does a patched run's old object when deleting it
+fails. They are invisible -- GET finds runs through their
 rows -- and this removes them. Only objects older than the grace period are touched, so batches
 still streaming are safe as long as none lasts longer than that.
 """
@@ -19,8 +20,9 @@ from handler.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Only keys that ingest.object_key makes are considered: nothing else in the bucket is touched.
-RUN_OBJECT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}/runs/[0-9a-f-]{36}/[0-9a-f]{32}\.json")
+# Only keys that ingest.py makes (runs .json, attachments .bin) are considered: nothing else in the
+# bucket is touched.
+RUN_OBJECT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}/runs/[0-9a-f-]{36}/[0-9a-f]{32}\.(json|bin)")
 
 
 async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool = False) -> tuple[int, int]:

@@ -1,8 +1,10 @@
-"""One POST /runs batch: runs are uploaded while the body streams in, rows are written at the end.
+"""One ingesting request (a batch, a multipart body, a patch): objects are uploaded while the body
+streams in, rows are written at the end.
 
-All or nothing: until the rows are committed nothing is visible, and a batch that fails deletes
-the objects it uploaded -- at once, or, when the database broke during the insert and cannot say
-whether it committed, as soon as it can (gc.py catches what a crash leaves).
+All or nothing: until the rows are committed nothing is visible, and a request that fails deletes
+the objects it uploaded -- at once, or, when the database broke during the commit and cannot say
+whether it committed, as soon as it can (gc.py catches what a crash leaves). Nothing stored is
+ever overwritten: a patch writes a new object and the row is repointed in the same transaction.
 """
 
 from __future__ import annotations

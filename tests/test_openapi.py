@@ -165,7 +165,7 @@ def test_run_schemas_hold_the_documented_rules(document):
     assert not valid("Run", {"trace_id": trace, "name": "n", "id": None})
     assert not valid("Run", {"name": "n"})
     assert not valid("Run", {"trace_id": trace})
-    assert not valid("Run", {"trace_id": trace, "name": ""})
+    assert valid("Run", {"trace_id": trace, "name": ""})
     assert not valid("Run", {"trace_id": trace, "name": "x" * 1025})
     assert valid("Run", {"trace_id": trace, "name": "x" * 1024})
     assert not valid("Run", {"trace_id": trace, "name": "a\x00b"})
