@@ -192,4 +192,3 @@ def test_wrong_api_key_stores_nothing(sdk_server):
     client.flush()
     response = sdk_server.client.get(f"/runs/{root}", headers={"x-api-key": API_KEY})
     assert response.status == 404
-
