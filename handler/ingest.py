@@ -88,6 +88,7 @@ class BatchIngest:
         self._replaced: dict[uuid.UUID, Replacement] = {}  # runs the database has, rewritten
         self._attachments: list[Attachment] = []
         self._index: dict[uuid.UUID, int] = {}  # where each run or patch was in the request
+        self._posted: list[uuid.UUID] = []  # in request order
         self._patched: list[uuid.UUID] = []
         self._uploads: dict[str, asyncio.Task] = {}  # key -> its upload, while it runs
         self._keys: list[str] = []  # every object this request uploads: deleted if it fails
@@ -101,11 +102,21 @@ class BatchIngest:
 
     async def add_run(self, run: Run) -> None:
         """A run to create; its upload starts now."""
-        if run.id in self._rows or run.id in self._replaced:
+        earlier = self._rows.get(run.id) or (self._replaced[run.id].row if run.id in self._replaced else None)
+        if earlier is not None and earlier.posted:
             raise RunError(409, f"run {run.index}: id {run.id} is repeated in the batch", run.index)
-        self._index[run.id] = run.index
-        key = await self._upload(run_object_key(self.tenant, run.id), run.body)
-        self._rows[run.id] = RunRow.of(run, key)
+        self._index.setdefault(run.id, run.index)
+        self._posted.append(run.id)
+        if earlier is None:
+            key = await self._upload(run_object_key(self.tenant, run.id), run.body)
+            self._rows[run.id] = RunRow.of(run, key)
+            return
+        # Patches of this run came first, in this request: the post goes under them.
+        row = await self._post_under_patches(run.body, earlier.object_key, f"run {run.index}")
+        if run.id in self._rows:
+            self._rows[run.id] = row
+        else:
+            self._replaced[run.id] = self._replaced[run.id]._replace(row=row)
 
     async def add_patch(self, run_id: uuid.UUID, patch: bytes, index: int) -> None:
         """Fields to set on a run (given as a checked JSON object); nulls mean "not given"."""
@@ -130,7 +141,8 @@ class BatchIngest:
             old_key = base_key
         base = object_fields(await self._read(base_key))
         run = self._parse(merged(base, updates), label, posted)
-        if dict(base).get("trace_id") not in (None, json.dumps(str(run.trace_id))):
+        trace_id = dict(base).get("trace_id")
+        if trace_id is not None and uuid.UUID(json.loads(trace_id)) != run.trace_id:
             raise RunError(400, f"{label}: trace_id of a run cannot change", index)
         self._index.setdefault(run_id, index)
         key = await self._upload(run_object_key(self.tenant, run_id), run.body)
@@ -159,9 +171,10 @@ class BatchIngest:
             await self._write()
         if self._superseded:
             await self._delete(self._superseded)
-        created = [str(i) for i, row in self._rows.items() if row.posted and i not in self._patched]
-        created += [str(i) for i in self._replaced if self._replaced[i].row.posted and i not in self._patched]
-        return {"ids": created, "patched": [str(i) for i in dict.fromkeys(self._patched)]}
+        return {
+            "ids": [str(i) for i in self._posted],
+            "patched": [str(i) for i in dict.fromkeys(self._patched)],
+        }
 
     async def _wait_uploads(self) -> None:
         if self._uploads:
@@ -182,16 +195,22 @@ class BatchIngest:
             raise
 
     async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, str]) -> None:
-        """Runs posted now whose patches were stored before: the patches' fields win."""
+        """Runs posted now whose patches were stored by earlier requests."""
         for run_id, patch_key in patches.items():
-            row = self._rows.pop(run_id)
-            updates = object_fields(await self._read(patch_key))
-            run = self._parse(
-                merged(object_fields(await self._read(row.object_key)), updates), f"run {run_id}"
+            posted = self._rows.pop(run_id)
+            row = await self._post_under_patches(
+                await self._read(posted.object_key), patch_key, f"run {run_id}"
             )
-            key = await self._upload(run_object_key(self.tenant, run_id), run.body)
-            self._superseded += [row.object_key, patch_key]
-            self._replaced[run_id] = Replacement(RunRow.of(run, key), patch_key)
+            self._superseded.append(posted.object_key)
+            self._replaced[run_id] = Replacement(row, patch_key)
+
+    async def _post_under_patches(self, post: bytes, patches_key: str, label: str) -> RunRow:
+        """A run's post merged with the patches stored before it (their fields win), uploaded."""
+        updates = object_fields(await self._read(patches_key))
+        run = self._parse(merged(object_fields(post), updates), label)
+        key = await self._upload(run_object_key(self.tenant, run.id), run.body)
+        self._superseded.append(patches_key)
+        return RunRow.of(run, key)
 
     def _parse(self, body: bytes, label: str, posted: bool = True) -> Run:
         s = self._settings
