@@ -23,7 +23,7 @@ from handler.ingest import BatchIngest
 from handler.multipart import MultipartReader, boundary_of
 from handler.readers import ArrayReader, BatchReader, PatchReader
 from handler.storage import ObjectStore
-from handler.stream import UUID_TEXT
+from handler.stream import MAX_DOTTED_ORDER_CHARS, UUID_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class RunsHandler(IngestHandler):
         try:
             trace_id = _uuid_argument(self.get_query_argument("trace_id", None), "trace_id")
             limit = self.get_query_argument("limit", "100")
-            if not _DIGITS.fullmatch(limit) or not 1 <= int(limit) <= MAX_PAGE:
+            if not _DIGITS.fullmatch(limit) or len(limit) > 4 or not 1 <= int(limit) <= MAX_PAGE:
                 raise RunError(400, f"limit must be an integer from 1 to {MAX_PAGE}")
             cursor = self.get_query_argument("cursor", None)
             after = _decode_cursor(cursor) if cursor else None
@@ -398,7 +398,9 @@ def _encode_cursor(run: dict) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         order, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(order, str) or not UUID_TEXT.fullmatch(run_id):
+        if not isinstance(order, str) or len(order) > MAX_DOTTED_ORDER_CHARS or "\x00" in order:
+            raise ValueError
+        if not UUID_TEXT.fullmatch(run_id):
             raise ValueError
     except (ValueError, TypeError, UnicodeError):
         raise RunError(400, "cursor is not one this server gave out") from None

@@ -52,6 +52,8 @@ class MultipartReader:
         self._ingest = ingest
         self._max_part_bytes = settings.max_run_bytes
         self._max_depth = settings.max_depth
+        self._max_runs = settings.max_runs_per_batch
+        self._runs = 0  # runs and patches begun
         self._parts: list[_Part] = []  # completed by the last chunk, in order
         self._part: _Part | None = None
         self._header = [bytearray(), bytearray()]
@@ -103,10 +105,15 @@ class MultipartReader:
     def _data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
         part.data += data[start:end]
-        if self._gathered + len(part.data) > self._max_part_bytes:
-            raise RunError(
-                413, f"part {part.index}: a run with its parts is larger than {self._max_part_bytes} bytes"
-            )
+        if len(part.data) > self._max_part_bytes:  # the whole run is checked once the part is in
+            raise self._too_large(part)
+
+    def _too_large(self, part: _Part) -> RunError:
+        return RunError(
+            413,
+            f"part {part.index}: a run with its parts is larger than {self._max_part_bytes} bytes",
+            part.index,
+        )
 
     def _end(self) -> None:
         self._ended = True
@@ -122,6 +129,11 @@ class MultipartReader:
             if self._run != (kind, run_id):
                 await self._flush_run()
                 self._run = (kind, run_id)
+                self._runs += 1
+                if self._runs > self._max_runs:
+                    raise RunError(
+                        413, f"part {part.index}: more than {self._max_runs} runs and patches", part.index
+                    )
             if field is None:
                 if self._main is not None:
                     raise RunError(400, f"part {part.index}: {name} is repeated", part.index)
@@ -130,6 +142,8 @@ class MultipartReader:
                 check_json_value(bytes(part.data), f"part {part.index} ({name})", part.index)
                 self._fields.append((field, part))
             self._gathered += len(part.data)
+            if self._gathered > self._max_part_bytes:
+                raise self._too_large(part)
         elif match := _ATTACHMENT_PART.fullmatch(name):
             await self._flush_run()
             content_type = part.headers.get(b"content-type", b"application/octet-stream").decode("latin-1")

@@ -307,6 +307,8 @@ class RunSplitter:
 
     def _start_run(self) -> None:
         if self._count >= self.max_runs:
+            if self.label is not None:  # one run given whole (parse_run): a second one is not JSON
+                raise RunError(400, f"invalid JSON in {self.label}: more than one value")
             raise RunError(413, f"batch has more than {self.max_runs} runs", self._count)
         self._run = Run(self._count)
         self._count += 1
@@ -314,6 +316,10 @@ class RunSplitter:
 
     def _check_field(self, key: str, event: str, value: object) -> None:
         run = self._run
+        if event == "null" and key != "id":  # null is the same as absent, for all but the id
+            if key in self.required:
+                raise self._error(f"{key} is required")
+            return
         if key == "id" or key == "trace_id":
             if event != "string" or not UUID_TEXT.fullmatch(value):
                 raise self._error(f"{key} must be a UUID string")
@@ -322,8 +328,6 @@ class RunSplitter:
             if event != "string":
                 raise self._error("name must be a string")
             run.name = self._text(key, value, MAX_NAME_CHARS)
-        elif event == "null":
-            return  # every other field may be null, which is the same as absent
         elif key in _OBJECT_FIELDS:
             if event != "start_map":
                 raise self._error(f"{key} must be an object")
