@@ -346,8 +346,9 @@ class Database:
     async def find_attachment(self, tenant: str, run_id: uuid.UUID, name: str) -> tuple[str, str, int] | None:
         """The object key, content type and size of a run's attachment, or None."""
         rows = await self._fetch(
-            "SELECT object_key, content_type, size_bytes FROM run_attachments"
-            " WHERE tenant = %s AND run_id = %s AND name = %s",
+            "SELECT a.object_key, a.content_type, a.size_bytes FROM run_attachments a"
+            " JOIN runs r ON r.tenant = a.tenant AND r.id = a.run_id"
+            " WHERE a.tenant = %s AND a.run_id = %s AND a.name = %s AND r.posted",
             (tenant, str(run_id), name),
         )
         return rows[0] if rows else None

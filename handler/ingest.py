@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _SETTLING: set[asyncio.Task] = set()
 _SETTLE_EVERY_S = 2
 _SETTLE_FOR_S = 600
+_ABORT_WAIT_S = 10
 
 
 def run_object_key(tenant: str, run_id: uuid.UUID) -> str:
@@ -104,7 +105,8 @@ class BatchIngest:
         """A run to create; its upload starts now."""
         earlier = self._rows.get(run.id) or (self._replaced[run.id].row if run.id in self._replaced else None)
         if earlier is not None and earlier.posted:
-            raise RunError(409, f"run {run.index}: id {run.id} is repeated in the batch", run.index)
+            where = "is repeated in the batch" if run.id in self._rows else "already exists"
+            raise RunError(409, f"run {run.index}: id {run.id} {where}", run.index)
         self._index.setdefault(run.id, run.index)
         self._posted.append(run.id)
         if earlier is None:
@@ -207,7 +209,10 @@ class BatchIngest:
     async def _post_under_patches(self, post: bytes, patches_key: str, label: str) -> RunRow:
         """A run's post merged with the patches stored before it (their fields win), uploaded."""
         updates = object_fields(await self._read(patches_key))
-        run = self._parse(merged(object_fields(post), updates), label)
+        fields = object_fields(post)
+        run = self._parse(merged(fields, updates), label)
+        if uuid.UUID(json.loads(dict(fields)["trace_id"])) != run.trace_id:
+            raise RunError(400, f"{label}: a patch sent before it gave the run another trace_id")
         key = await self._upload(run_object_key(self.tenant, run.id), run.body)
         self._superseded.append(patches_key)
         return RunRow.of(run, key)
@@ -221,10 +226,16 @@ class BatchIngest:
         if self._aborted:
             return
         self._aborted = True
-        for task in self._uploads.values():
-            task.cancel()
         if self._uploads:
-            await asyncio.wait(list(self._uploads.values()))
+            # Let the PUTs in flight end rather than cut them: a PUT whose body the server already
+            # has may still be stored after our delete. Only one that hangs is cut (gc removes
+            # its object if it lands after all).
+            _, hung = await asyncio.wait(list(self._uploads.values()), timeout=_ABORT_WAIT_S)
+            for task in hung:
+                task.cancel()
+            if hung:
+                log.warning("cut %d uploads that did not end in %d s", len(hung), _ABORT_WAIT_S)
+                await asyncio.wait(hung)
         if isinstance(error, CommitUnknown):
             log.error("commit outcome unknown; settling %d objects in the background", len(self._keys))
             task = asyncio.create_task(self._settle_later(error.backend))

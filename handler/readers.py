@@ -126,7 +126,6 @@ class BatchReader:
         """What follows the array, once it has ended."""
         if self._splitter.rest is None:
             return b""
-        self._count += self._splitter.count
         self._state = "next"
         return self._splitter.rest
 
@@ -164,16 +163,25 @@ class BatchReader:
         self._seen.add(section)
         self._section = section
         s = self._settings
-        remaining = s.max_runs_per_batch - self._count
         if section == "post":
-            self._splitter = RunSplitter(s.max_run_bytes, remaining, s.max_depth, nested=True)
+            self._splitter = RunSplitter(s.max_run_bytes, s.max_runs_per_batch, s.max_depth, nested=True)
         else:
             self._splitter = RunSplitter(
-                s.max_run_bytes, remaining, s.max_depth, required=(), new_id=None, noun="patch", nested=True
+                s.max_run_bytes,
+                s.max_runs_per_batch,
+                s.max_depth,
+                required=(),
+                new_id=None,
+                noun="patch",
+                nested=True,
             )
 
     async def _take(self, runs: list[Run]) -> None:
         for run in runs:
+            self._count += 1
+            if self._count > self._settings.max_runs_per_batch:
+                limit = self._settings.max_runs_per_batch
+                raise RunError(413, f"batch has more than {limit} runs and patches", run.index)
             if self._section == "post":
                 await self._ingest.add_run(run)
             elif run.id is None:

@@ -163,11 +163,6 @@ class RunSplitter:
         self._unfed = bytearray()
         self._hold = 0
 
-    @property
-    def count(self) -> int:
-        """Runs begun so far."""
-        return self._count
-
     def feed(self, chunk: bytes) -> list[Run]:
         if self._unfed or self._hold:
             self._unfed += chunk
