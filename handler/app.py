@@ -243,10 +243,20 @@ class RunsHandler(IngestHandler):
         )
 
 
-class MultipartHandler(IngestHandler):
-    """POST /runs/multipart: LangSmith's multipart ingestion (multipart.py)."""
+class AcceptedHandler(IngestHandler):
+    """LangSmith's batch routes: 202 with the ids created and the ids patched."""
 
     SUPPORTED_METHODS = ("POST",)
+
+    async def post(self) -> None:
+        result = await self.commit()
+        if result is not None:
+            self.set_status(202)
+            self.finish(result)
+
+
+class MultipartHandler(AcceptedHandler):
+    """POST /runs/multipart: LangSmith's multipart ingestion (multipart.py)."""
 
     def check_content_type(self, content_type: str) -> None:
         self.boundary = boundary_of(content_type)
@@ -254,26 +264,12 @@ class MultipartHandler(IngestHandler):
     def make_reader(self, ingest: BatchIngest) -> MultipartReader:
         return MultipartReader(self.boundary, ingest, self.config)
 
-    async def post(self) -> None:
-        result = await self.commit()
-        if result is not None:
-            self.set_status(202)
-            self.finish(result)
 
-
-class BatchHandler(IngestHandler):
+class BatchHandler(AcceptedHandler):
     """POST /runs/batch: LangSmith's ``{"post": [...], "patch": [...]}`` (readers.BatchReader)."""
-
-    SUPPORTED_METHODS = ("POST",)
 
     def make_reader(self, ingest: BatchIngest) -> BatchReader:
         return BatchReader(ingest, self.config)
-
-    async def post(self) -> None:
-        result = await self.commit()
-        if result is not None:
-            self.set_status(202)
-            self.finish(result)
 
 
 class RunHandler(IngestHandler):

@@ -133,7 +133,7 @@ class BatchIngest:
             found = await self._db.find_current(self.tenant, run_id)
             if found is None:  # the patch came first: stored alone until the post comes
                 body = build_object([("id", json.dumps(str(run_id))), *updates])
-                run = parse_run(body, self._settings.max_run_bytes, self._settings.max_depth, label, ())
+                run = self._parse(body, label, posted=False)
                 self._index.setdefault(run_id, index)
                 key = await self._upload(run_object_key(self.tenant, run_id), run.body)
                 self._rows[run_id] = RunRow.of(run, key, posted=False)
