@@ -280,10 +280,7 @@ class RunHandler(IngestHandler):
     ingest_methods = ("PATCH",)
 
     def make_reader(self, ingest: BatchIngest) -> PatchReader:
-        run_id = self.path_args[0]
-        if not UUID_TEXT.fullmatch(run_id):
-            raise RunError(400, "run id must be a UUID")
-        return PatchReader(ingest, self.config, uuid.UUID(run_id))
+        return PatchReader(ingest, self.config, _uuid_argument(self.path_args[0], "run id"))
 
     async def patch(self, run_id: str) -> None:
         result = await self.commit()

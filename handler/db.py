@@ -41,14 +41,23 @@ class RunRow(NamedTuple):
 
     @classmethod
     def of(cls, run: Run, object_key: str, posted: bool = True) -> RunRow:
-        fields = {name: getattr(run, name) for name in cls._fields if hasattr(run, name)}
-        extra = {
-            "object_key": object_key,
-            "size_bytes": len(run.body),
-            "status": run.status,
-            "posted": posted,
-        }
-        return cls(**{**fields, **extra})
+        return cls(
+            run.id,
+            run.trace_id,
+            run.name,
+            object_key,
+            len(run.body),
+            run.run_type,
+            run.start_time,
+            run.end_time,
+            run.parent_run_id,
+            run.dotted_order,
+            run.session_name,
+            run.session_id,
+            run.reference_example_id,
+            run.status,
+            posted,
+        )
 
 
 class PostedAfterPatch(Exception):

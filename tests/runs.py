@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+from tests.client import HttpClient
+
 # Values a float round trip would change, escapes, non-ASCII, odd key order and nesting.
 FIDELITY_RUN = (
     b'{"trace_id": "8f0d6a6e-3b7c-4a53-9f1e-2d6c1b0a9e11",  '
@@ -42,3 +44,17 @@ def with_id(raw_run: bytes, run_id: str) -> bytes:
 
 def split(body: bytes, size: int) -> list[bytes]:
     return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def list_trace(http: HttpClient, trace_id: str, limit: int = 100, headers: dict | None = None) -> list[dict]:
+    """Every run of a trace, page by page; checks that each page but the last is full."""
+    runs, cursor = [], ""
+    while True:
+        response = http.get(f"/runs?trace_id={trace_id}&limit={limit}{cursor}", headers=headers)
+        assert response.status == 200, response.body
+        page = response.json()
+        runs += page["runs"]
+        if page["next_cursor"] is None:
+            return runs
+        assert len(page["runs"]) == limit
+        cursor = f"&cursor={page['next_cursor']}"

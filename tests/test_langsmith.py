@@ -19,6 +19,7 @@ from langsmith import Client, traceable, tracing_context
 from langsmith.schemas import LangSmithInfo
 
 from handler.auth import hash_key
+from tests.runs import list_trace
 from tests.server import start_server
 
 API_KEY = "langsmith-test-key"
@@ -172,15 +173,7 @@ def _list_trace(http, root: uuid.UUID, headers: dict, expected: int) -> list[dic
     but its last request may still be committing: wait for every run, briefly."""
     deadline = time.monotonic() + 10
     while True:
-        runs, cursor = [], ""
-        while True:
-            response = http.get(f"/runs?trace_id={root}&limit=2{cursor}", headers=headers)
-            assert response.status == 200, response.body
-            page = response.json()
-            runs += page["runs"]
-            if page["next_cursor"] is None:
-                break
-            cursor = f"&cursor={page['next_cursor']}"
+        runs = list_trace(http, str(root), 2, headers)
         if len(runs) >= expected and all(run["end_time"] for run in runs) or time.monotonic() > deadline:
             return runs
         time.sleep(0.2)

@@ -38,7 +38,7 @@ from handler.config import REPO_ROOT
 from tests.client import HttpClient, Response
 from tests.conftest import Store
 from tests.reset_env import empty_bucket
-from tests.runs import split
+from tests.runs import list_trace, split
 from tests.server import Server, start_server
 
 SESSION = uuid.uuid4().hex[:8]
@@ -248,20 +248,6 @@ def posted_flag(storage: Store, run_id: str) -> bool | None:
         cur.execute("SELECT posted FROM runs WHERE tenant = %s AND id = %s", (TENANT, run_id))
         rows = cur.fetchall()
     return rows[0][0] if rows else None
-
-
-def list_trace(http: Client, trace_id: str, limit: int = 100, headers: dict | None = None) -> list[dict]:
-    """Every run of a trace, page by page; checks that each page but the last is full."""
-    runs, cursor = [], ""
-    while True:
-        response = http.get(f"/runs?trace_id={trace_id}&limit={limit}{cursor}", headers=headers)
-        assert response.status == 200, response.body
-        page = response.json()
-        runs += page["runs"]
-        if page["next_cursor"] is None:
-            return runs
-        assert len(page["runs"]) == limit
-        cursor = f"&cursor={page['next_cursor']}"
 
 
 def assert_refused(response: Response, status: int, words: str) -> None:
