@@ -177,16 +177,16 @@ class MultipartReader:
             main.data += b"{}"
         check_json_value(bytes(main.data), f"part {main.index} ({label})", main.index)
         body = _joined(bytes(main.data), [(field, bytes(part.data)) for field, part in fields])
-        if kind == "post":
-            run = parse_run(body, self._max_part_bytes, self._max_depth, label, REQUIRED, lambda: run_id)
-            if run.id != run_id:
-                raise RunError(400, f"part {index}: {label} has id {run.id}", index)
+        post = kind == "post"
+        # A post without an id gets the part's; a patch's id is only checked.
+        new_id = (lambda: run_id) if post else None
+        run = parse_run(body, self._max_part_bytes, self._max_depth, label, REQUIRED if post else (), new_id)
+        if run.id not in (None, run_id):
+            raise RunError(400, f"part {index}: {label} has id {run.id}", index)
+        if post:
             run.index = index
             await self._ingest.add_run(run)
         else:
-            run = parse_run(body, self._max_part_bytes, self._max_depth, label, (), None)
-            if run.id not in (None, run_id):
-                raise RunError(400, f"part {index}: {label} has id {run.id}", index)
             await self._ingest.add_patch(run_id, run.body, index)
 
 
