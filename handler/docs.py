@@ -14,7 +14,6 @@ key.
 from __future__ import annotations
 
 import html
-import importlib.metadata
 import importlib.resources
 import importlib.util
 import json
@@ -22,13 +21,12 @@ from pathlib import Path
 
 import tornado.web
 
+from handler import __version__
+
 
 def _load_document() -> dict:
     document = json.loads(importlib.resources.files(__package__).joinpath("openapi.json").read_bytes())
-    try:
-        document["info"]["version"] = importlib.metadata.version("run-handler")
-    except importlib.metadata.PackageNotFoundError:
-        pass  # run from a checkout that is not installed: keep the file's version
+    document["info"]["version"] = __version__
     return document
 
 
