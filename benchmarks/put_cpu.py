@@ -40,7 +40,7 @@ async def measure(count: int, size: int) -> None:
     try:
         for label, put in (
             ("aiobotocore put_object", put_object),
-            ("service path (presigned + aiohttp)", service_put),
+            ("service path (signed URL + aiohttp)", service_put),
         ):
             batch = [f"{prefix}/{label[:7]}/{i}" for i in range(count)]
             keys += batch
