@@ -52,6 +52,7 @@ class Settings:
     upload_concurrency: int
     upload_window_bytes: int
     db_pool_size: int
+    object_cache_bytes: int
     api_keys: ApiKeys
     shutdown_timeout: float
 
@@ -97,6 +98,7 @@ class Settings:
             upload_concurrency=get_int("UPLOAD_CONCURRENCY", 16),
             upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 64 * MIB),
             db_pool_size=get_int("DB_POOL_SIZE", 10),
+            object_cache_bytes=get_int("OBJECT_CACHE_BYTES", 32 * MIB),
             api_keys=api_keys,
             shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
         )

@@ -47,3 +47,11 @@ BATCHES_IN_FLIGHT = Gauge(
     registry=REGISTRY,
 )
 """Load right now, and what a shutdown has to wait for."""
+
+OBJECT_CACHE_READS = Counter(
+    "run_handler_object_cache_reads_total",
+    "Reads of a stored object, by whether the in-memory cache had it (hit) or S3 was asked (miss).",
+    ["result"],
+    registry=REGISTRY,
+)
+"""Whether OBJECT_CACHE_BYTES is sized for the runs clients read again."""

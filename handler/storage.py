@@ -28,6 +28,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
+from handler.cache import ObjectCache
 from handler.config import Settings
 from handler.errors import RunError
 
@@ -69,6 +70,7 @@ class ObjectStore:
         self._exit_stack = contextlib.AsyncExitStack()
         self._client = None
         self._http: aiohttp.ClientSession | None = None
+        self._cache = ObjectCache(settings.object_cache_bytes)
         # Path-style URLs, as the client is configured below.
         self._bucket_url = f"{settings.s3_endpoint_url.rstrip('/')}/{self.bucket}/"
         self._signer = S3SigV4QueryAuth(
@@ -161,16 +163,29 @@ class ObjectStore:
             yield page.get("Contents", [])
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
-        """Yield the object's bytes in chunks, without holding it whole."""
+        """Yield the object's bytes in chunks, without holding it whole unless it is small
+        enough for the cache (see cache.py), which keeps it once it was read to the end."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            yield cached
+            return
         url = self.signed_url("GET", key)
         try:
             async with self._http.get(url) as response:
                 if response.status != 200:
                     raise S3Error(response.status, await response.read())
+                size = response.content_length
+                kept: list[bytes] | None = (
+                    [] if size is not None and size <= self._cache.max_item_bytes else None
+                )
                 async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
+                    if kept is not None:
+                        kept.append(chunk)
                     yield chunk
         except (TimeoutError, S3Error, aiohttp.ClientError, OSError) as e:
             raise storage_error("get", e) from e
+        if kept is not None:
+            self._cache.put(key, b"".join(kept))
 
     async def ping(self) -> None:
         """HEAD the bucket, for GET /ready: the server answers and our credentials reach the bucket."""

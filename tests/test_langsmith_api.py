@@ -25,6 +25,7 @@ import base64
 import gzip
 import json
 import random
+import re
 import time
 import uuid
 from datetime import datetime
@@ -725,6 +726,26 @@ def test_columns_follow_the_patches(http):
     assert summary["size_bytes"] == len(http.get(f"/runs/{run_id}").body)
     patch_via(http, "PATCH", run_id, b'{"error": null, "end_time": null}')  # nulls: nothing changes
     assert summary_of(http, trace_id, run_id) == summary
+
+
+def cache_reads(http: Client, result: str) -> float:
+    metrics = http.get("/metrics").body.decode()
+    found = re.search(rf'run_handler_object_cache_reads_total{{result="{result}"}} (\S+)', metrics)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("route", PATCH_ROUTES)
+def test_a_run_read_again_comes_from_the_cache_until_a_patch_changes_it(http, route):
+    """The cache is keyed by object, and a patch makes a new object: the next GET sees the patch."""
+    run_id, trace_id = new_id(), new_id()
+    assert post_runs(http, run_json(run_id, trace_id, "cached", inputs={"x": "y" * 5000})).status == 201
+    first = http.get(f"/runs/{run_id}").body
+    hits = cache_reads(http, "hit")
+    assert http.get(f"/runs/{run_id}").body == first
+    assert cache_reads(http, "hit") == hits + 1
+    patch_via(http, route, run_id, b'{"name": "renamed"}')
+    patched = json.loads(http.get(f"/runs/{run_id}").body)
+    assert (patched["name"], patched["inputs"]) == ("renamed", {"x": "y" * 5000})
 
 
 POST_AFTER_PATCH = [
