@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import http.client
+import itertools
 import uuid
 from urllib.parse import urlsplit
 
 import pytest
 
-from benchmarks.conftest import record
-from benchmarks.workloads import WORKLOADS, encode
+from benchmarks.conftest import CpuMeter, record
+from benchmarks.workloads import WORKLOADS, encode, make_runs
 from handler.auth import OPEN_TENANT
 from handler.db import RunRow
 from handler.ingest import run_object_key
@@ -44,15 +45,18 @@ def test_create_batch_runs(benchmark, server, workload):
     name, heads, body, _ = workload
     chunks = split(body, CHUNK)
 
+    cpu = CpuMeter(server.process.pid)
+
     def ingest():
-        response = server.client.post(chunks)
+        with cpu:
+            response = server.client.post(chunks)
         assert response.status == 201, response.body
         assert len(response.json()["ids"]) == len(heads)
 
     benchmark.group = name
     benchmark.name = f"create_batch_runs_{name}"
     benchmark.pedantic(ingest, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    record(name, benchmark, len(body), len(heads))
+    record(name, benchmark, len(body), len(heads), cpu)
 
 
 def test_storage_floor(benchmark, loop, backends, settings, workload):
@@ -79,30 +83,51 @@ def test_storage_floor(benchmark, loop, backends, settings, workload):
         await asyncio.gather(*(put(key, data) for key, data in objects))
         await db.write_batch(OPEN_TENANT, rows)
 
+    cpu = CpuMeter(server_pid=None)
+
+    def floor(objects, rows):
+        with cpu:
+            loop.run_until_complete(put_all(objects, rows))
+
     benchmark.group = name
     benchmark.name = f"floor_{name}"
     benchmark.pedantic(
-        lambda objects, rows: loop.run_until_complete(put_all(objects, rows)),
+        floor,
         setup=prepare,
         rounds=ROUNDS,
         iterations=1,
         warmup_rounds=1,
     )
-    record(f"floor_{name}", benchmark, len(body), len(heads))
+    record(f"floor_{name}", benchmark, len(body), len(heads), cpu)
+
+
+GET_ROUNDS, GET_WARMUP = 200, 10
 
 
 @pytest.fixture(scope="module", params=[10, 100])
-def stored_run(request, server, loop, backends):
-    """One run of the 10 KB or 100 KB workload, posted once, and a signed URL of its object (valid
-    15 minutes, longer than the GET benchmarks take)."""
+def stored_runs(request, server, loop, backends):
+    """Runs of the 10 KB or 100 KB workload's shape, posted in one batch, each with its size and
+    a signed URL of its object (valid 15 minutes, longer than the GET benchmarks take)."""
     store, db = backends
-    runs = WORKLOADS[f"{'500_10kb' if request.param == 10 else '50_100kb'}"]()[:1]
-    response = server.client.post(encode(runs)[0])
+    runs = make_runs(GET_ROUNDS + GET_WARMUP + 1, request.param, seed=request.param)
+    response = server.client.post(split(encode(runs)[0], CHUNK))
     assert response.status == 201
-    (run_id,) = response.json()["ids"]
-    key, size = loop.run_until_complete(db.find_run(OPEN_TENANT, uuid.UUID(run_id)))
-    url = store.signed_url("GET", key)
-    return f"{request.param}kb", run_id, size, url
+    stored = []
+    for run_id in response.json()["ids"]:
+        key, size = loop.run_until_complete(db.find_run(OPEN_TENANT, uuid.UUID(run_id)))
+        stored.append((run_id, size, store.signed_url("GET", key)))
+    return f"{request.param}kb", stored
+
+
+@pytest.fixture(params=["once", "again"])
+def reads(request, stored_runs):
+    """What a GET benchmark reads, in turn: every run once (the server has never read any of
+    them, so each GET goes to S3), or one run again and again (from the server's cache after
+    the first)."""
+    size_name, stored = stored_runs
+    if request.param == "once":
+        return f"get_run_{size_name}", itertools.cycle(stored[1:]), stored[1][1]
+    return f"get_run_{size_name}_cached", itertools.repeat(stored[0]), stored[0][1]
 
 
 def http_get(host: str, port: int, path: str) -> bytes:
@@ -117,27 +142,53 @@ def http_get(host: str, port: int, path: str) -> bytes:
         conn.close()
 
 
-def test_get_run(benchmark, server, stored_run):
-    size_name, run_id, size, _ = stored_run
+def test_get_run(benchmark, server, reads):
+    name, targets, nbytes = reads
+    cpu = CpuMeter(server.process.pid)
 
     def get():
-        assert len(http_get(server.client.host, server.client.port, f"/runs/{run_id}")) == size
+        run_id, size, _ = next(targets)
+        with cpu:
+            data = http_get(server.client.host, server.client.port, f"/runs/{run_id}")
+        assert len(data) == size
 
-    benchmark.group = f"get_{size_name}"
-    benchmark.name = f"get_run_{size_name}"
-    benchmark.pedantic(get, rounds=200, iterations=1, warmup_rounds=10)
-    record(f"get_run_{size_name}", benchmark, size, 1)
+    benchmark.group = name
+    benchmark.name = name
+    benchmark.pedantic(get, rounds=GET_ROUNDS, iterations=1, warmup_rounds=GET_WARMUP)
+    record(name, benchmark, nbytes, 1, cpu)
 
 
-def test_bare_s3_get(benchmark, stored_run):
-    """The floor for GET: the same object straight from MinIO with the same plain HTTP client."""
-    size_name, _, size, url = stored_run
-    parts = urlsplit(url)
+def test_bare_s3_get(benchmark, server, reads):
+    """The floor for GET: the same objects straight from MinIO with the same plain HTTP client."""
+    name, targets, nbytes = reads
+    cpu = CpuMeter(server_pid=None)
 
     def get():
-        assert len(http_get(parts.hostname, parts.port, f"{parts.path}?{parts.query}")) == size
+        _, size, url = next(targets)
+        parts = urlsplit(url)
+        with cpu:
+            data = http_get(parts.hostname, parts.port, f"{parts.path}?{parts.query}")
+        assert len(data) == size
 
-    benchmark.group = f"get_{size_name}"
-    benchmark.name = f"floor_get_run_{size_name}"
-    benchmark.pedantic(get, rounds=200, iterations=1, warmup_rounds=10)
-    record(f"floor_get_run_{size_name}", benchmark, size, 1)
+    benchmark.group = name
+    benchmark.name = f"floor_{name}"
+    benchmark.pedantic(get, rounds=GET_ROUNDS, iterations=1, warmup_rounds=GET_WARMUP)
+    record(f"floor_{name}", benchmark, nbytes, 1, cpu)
+
+
+def test_http_hop(benchmark, server):
+    """Not a workload: GET /health, one request to the server with nothing behind it. It is the
+    share of a GET that no storage or database work can remove."""
+    cpu = CpuMeter(server.process.pid)
+
+    def get():
+        with cpu:
+            data = http_get(server.client.host, server.client.port, "/health")
+        assert data
+
+    benchmark.group = "get_health"
+    benchmark.name = "http_hop_health"
+    benchmark.pedantic(get, rounds=GET_ROUNDS, iterations=1, warmup_rounds=GET_WARMUP)
+    record(
+        "http_hop_health", benchmark, len(http_get(server.client.host, server.client.port, "/health")), 1, cpu
+    )
