@@ -261,6 +261,8 @@ class RunSplitter:
                         raise self._error(f"duplicate key {value!r}")
                     self._keys.add(value)
                     key = value
+            elif event == "string" and depth > 2 and items is None:
+                pass  # the bulk of a payload: a string inside a field has nothing to check
             elif event == "start_map":
                 depth += 1
                 if depth > self.max_depth:
