@@ -163,8 +163,8 @@ class ObjectStore:
             yield page.get("Contents", [])
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
-        """Yield the object's bytes in chunks, without holding it whole unless it is small
-        enough for the cache (see cache.py), which keeps it once it was read to the end."""
+        """Yield the object's bytes: an object small enough for the cache (see cache.py) whole,
+        from there or read once and kept; a larger one in chunks, never held whole."""
         cached = self._cache.get(key)
         if cached is not None:
             yield cached
@@ -175,17 +175,15 @@ class ObjectStore:
                 if response.status != 200:
                     raise S3Error(response.status, await response.read())
                 size = response.content_length
-                kept: list[bytes] | None = (
-                    [] if size is not None and size <= self._cache.max_item_bytes else None
-                )
+                if size is not None and size <= self._cache.max_item_bytes:
+                    data = await response.read()
+                    self._cache.put(key, data)
+                    yield data
+                    return
                 async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
-                    if kept is not None:
-                        kept.append(chunk)
                     yield chunk
         except (TimeoutError, S3Error, aiohttp.ClientError, OSError) as e:
             raise storage_error("get", e) from e
-        if kept is not None:
-            self._cache.put(key, b"".join(kept))
 
     async def ping(self) -> None:
         """HEAD the bucket, for GET /ready: the server answers and our credentials reach the bucket."""
