@@ -32,8 +32,8 @@ class ObjectCache:
         return data
 
     def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.max_item_bytes or key in self._items:
-            return
+        if not self.max_bytes or len(data) > self.max_item_bytes or key in self._items:
+            return  # off, too big, or kept already
         self._items[key] = data
         self._bytes += len(data)
         while self._bytes > self.max_bytes:

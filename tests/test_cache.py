@@ -23,4 +23,5 @@ def test_an_object_over_its_share_is_not_kept_and_zero_keeps_nothing():
     assert cache.get("big") is None
     off = ObjectCache(max_bytes=0)
     off.put("k", b"x")
-    assert (off.get("k"), len(off)) == (None, 0)
+    off.put("empty", b"")
+    assert (off.get("k"), off.get("empty"), len(off)) == (None, None, 0)
