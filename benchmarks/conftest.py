@@ -44,12 +44,14 @@ class CpuMeter:
     cores shared by all of them, so these explain a wall time better than any one process does."""
 
     def __init__(self, server_pid: int | None) -> None:
-        self.pids = {"client": "self", "server": server_pid, "minio": MINIO_PID_FILE.read_text().strip()}
+        self.pids = {"client": "self", "minio": MINIO_PID_FILE.read_text().strip()}
+        if server_pid is not None:
+            self.pids["server"] = server_pid
         self.used = dict.fromkeys([*self.pids, "machine"], 0.0)
         self.rounds = 0
 
     def _now(self) -> dict[str, float]:
-        now = {name: process_cpu(pid) for name, pid in self.pids.items() if pid is not None}
+        now = {name: process_cpu(pid) for name, pid in self.pids.items()}
         return now | {"machine": machine_cpu()}
 
     def __enter__(self) -> CpuMeter:
@@ -134,7 +136,10 @@ def pytest_terminal_summary(terminalreporter):
         )
     terminalreporter.section("CPU ms per round (two cores: cores busy = machine CPU / median)")
     for name, used in sorted(_cpu.items()):
-        shares = "   ".join(f"{who} {used.get(who, 0) * 1000:8.1f}" for who in ("client", "server", "minio"))
+        shares = "   ".join(
+            f"{who} {used[who] * 1000:8.1f}" if who in used else f"{who} {'-':>8}"
+            for who in ("client", "server", "minio")
+        )
         terminalreporter.write_line(
             f"{name:<24} {shares}   machine {used['machine'] * 1000:8.1f}   "
             f"cores busy {used['machine'] / _medians[name]:4.2f}"

@@ -72,10 +72,37 @@ def table(data: list[dict]) -> str:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in data:
+        floor = ms(r["floor"]) if r["floor"] else "n/a"
+        ratio = f"**{r['ratio']:.2f}**" if r["ratio"] else "n/a"
         lines.append(
             f"| `{r['name']}` | {ms(r['median'])} | {ms(r['min'])} | {ms(r['max'])} | {r['rounds']} | "
-            f"{ms(r['floor']) if r['floor'] else 'n/a'} | **{r['ratio']:.2f}** | {r['mb_s']:,.1f} | "
-            f"{r['runs_s']:,.1f} |"
+            f"{floor} | {ratio} | {r['mb_s']:,.1f} | {r['runs_s']:,.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def cpu_table(save: dict) -> str:
+    """CPU ms per round by process, for every benchmark that measured it (benchmarks/conftest.py)."""
+    lines = [
+        "| benchmark | median ms | client | server | MinIO | rest (mostly PostgreSQL) | machine "
+        "| cores busy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def order(b: dict) -> tuple[str, bool]:  # each benchmark, then its floor
+        name = b["name"].removeprefix("floor_")
+        return name.removeprefix("create_batch_runs_"), name != b["name"]
+
+    for b in sorted(save["benchmarks"], key=order):
+        used = b["extra_info"].get("cpu_per_round")
+        if not used:
+            continue
+        rest = used["machine"] - used["client"] - used.get("server", 0) - used["minio"]
+        server = ms(used["server"]) if "server" in used else "–"
+        lines.append(
+            f"| `{b['name']}` | {ms(b['stats']['median'])} | {ms(used['client'])} | {server} | "
+            f"{ms(used['minio'])} | {ms(max(rest, 0))} | {ms(used['machine'])} | "
+            f"{used['machine'] / b['stats']['median']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -138,7 +165,10 @@ Each service benchmark drives a real server (`python -m handler`) over a socket,
 in 64 KB chunks with chunked transfer encoding, and asserts the status and the number of ids. The
 floor stores the same per-run objects with the service's own upload code at its concurrency
 (`UPLOAD_CONCURRENCY`) and inserts the same rows in one statement: no HTTP, no parsing. For GET the
-floor is a plain HTTP GET of a presigned URL of the same object, by the same client.
+floor is a plain HTTP GET of a signed URL of the same object, by the same client. `get_run_*` reads
+a different run each round, so every GET goes to S3; `get_run_*_cached` reads one run again and
+again, which after the first read comes from the server's object cache (`OBJECT_CACHE_BYTES`).
+`http_hop_health` is `GET /health`: the cost of one request to the server with nothing behind it.
 
 {table(data)}
 
@@ -147,20 +177,35 @@ floor is a plain HTTP GET of a presigned URL of the same object, by the same cli
 These machines are shared and noisy: the same command has given `service / floor` from about 1.05
 to 1.7 for `500_10kb` on different runs. Compare ratios within one run, never across runs.
 
+### Where the CPU goes, per round
+
+CPU seconds each process used per round (from `/proc`), in ms: the client is the benchmark
+process (for a floor, the uploader itself), the rest is the machine's busy time not in those three,
+mostly PostgreSQL. The machine has two cores, so a round can never take less than machine / 2.
+
+{cpu_table(save)}
+
 ### What separates the service from the floor
 
-- **Everything shares two cores.** During an ingest MinIO burns about as much CPU as the server,
-  so every CPU-second the server spends beyond the floor's (receiving the body, parsing it with
-  ijson, copying each run out of the stream) lengthens the wall time almost one for one.
+- **The server is one thread, and it is the critical path.** During an ingest its CPU per round
+  comes close to the round's wall time (the table above). That CPU is the floor's upload work
+  (signing, checksums, aiohttp: the floor's client column) plus receiving 17 MB from a socket and
+  parsing every byte of it. The two cores are also shared with MinIO, which needs about one of
+  them during an upload.
 - **Parsing is the price of validation.** ijson's C backend turns every token into a Python
-  event; that is about 60-80 ms per 17 MB body, with a validation loop over all events on top.
-  The floor does not parse at all.
+  event (about 40 ms per 17 MB body in process, more on a loaded machine), and the validation loop
+  over those events adds 15-30 ms (`splitter_cpu` below). The floor parses nothing.
+- **Things tried that did not help:** uploading from a second thread with its own event loop
+  (aiohttp there, the parser here) changed nothing measurable: the parser holds the GIL, and only
+  the socket writes and the CRC would overlap.
 - **One huge run cannot be pipelined.** `one_run_50mb` must be received and parsed whole before
-  its single upload can start, so parse and upload add up instead of overlapping. (Uploading it
-  while it streams in would need a multipart upload, aborted if the run turns out invalid.)
-- **GET adds a hop.** The service looks the id up in PostgreSQL, presigns a URL, then relays the
-  object through Tornado; the floor fetches the presigned URL straight from MinIO. Each step is a
-  fraction of a millisecond, which is a large share of a 1 ms request.
+  its single upload can start, so parse and upload add up instead of overlapping. Uploading it
+  while it streams in would need an S3 multipart upload, aborted if the run turns out invalid.
+- **GET adds a hop and a lookup.** A GET that goes to S3 is the hop (`http_hop_health`), a
+  PostgreSQL lookup of the run's current object key, and the S3 GET itself: the hop alone costs
+  more than a fifth of the floor, so no relaying server can be within 1.2× of a bare S3 GET on a
+  cold read. A run read again skips S3: object keys are never reused, so the cache needs no
+  invalidation, and the lookup still decides which object is current.
 
 ## CPU per PUT (`python -m benchmarks.put_cpu`)
 
