@@ -81,6 +81,7 @@ def test_metrics_are_exposed_with_their_types(server):
         "run_handler_ingested_bytes": "counter",
         "run_handler_upload_seconds": "histogram",
         "run_handler_batches_in_flight": "gauge",
+        "run_handler_object_cache_reads": "counter",
     }
 
 
