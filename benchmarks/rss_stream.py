@@ -1,6 +1,9 @@
 """Stream a large generated batch to a server process and report that process's peak RSS growth.
 
-    RUN_HANDLER_ENV=test python -m benchmarks.rss_stream [size_mb]     (default 1024)
+    RUN_HANDLER_ENV=test python -m benchmarks.rss_stream [size_mb] [run_kb]   (defaults 1024, 100)
+
+Each run has three fields of ``run_kb`` KB each (100: runs of about 330 KB; 30000: runs of about
+90 MB, which the server uploads in parts while they arrive).
 
 Starts its own ``python -m handler`` (so it knows the pid), reads VmRSS before the request and
 VmHWM (the peak) after it, and checks every run was stored.
@@ -26,14 +29,14 @@ def status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def main(size_mb: int) -> None:
+def main(size_mb: int, run_kb: int) -> None:
     server = start_server(Path(tempfile.mkdtemp()), "rss")
     try:
         pid = server.process.pid
         client = server.client
         assert client.post(b"[]").status == 201  # warm up imports and pools
         before = status_kb(pid, "VmRSS")
-        chunks, count = batch_chunks(size_mb * MB)
+        chunks, count = batch_chunks(size_mb * MB, run_kb)
         start = time.perf_counter()
         response = client.post(chunks)
         elapsed = time.perf_counter() - start
@@ -41,7 +44,7 @@ def main(size_mb: int) -> None:
         assert len(response.json()["ids"]) == count
         peak = status_kb(pid, "VmHWM")
         print(
-            f"{size_mb} MB batch, {count} runs, stored in {elapsed:.1f} s ({size_mb / elapsed:.0f} MB/s); "
+            f"{size_mb} MB batch, {count} runs of {size_mb / count:.1f} MB, stored in {elapsed:.1f} s ({size_mb / elapsed:.0f} MB/s); "
             f"server RSS before {before / 1024:.1f} MB, peak {peak / 1024:.1f} MB, "
             f"growth {(peak - before) / 1024:.1f} MB"
         )
@@ -50,4 +53,4 @@ def main(size_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1024)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1024, int(sys.argv[2]) if len(sys.argv) > 2 else 100)

@@ -11,6 +11,7 @@ from handler.auth import ApiKeys
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
+MIN_PART_BYTES = 5 * MIB
 
 
 def env_file() -> Path:
@@ -53,6 +54,7 @@ class Settings:
     upload_window_bytes: int
     db_pool_size: int
     object_cache_bytes: int
+    stream_part_bytes: int
     api_keys: ApiKeys
     shutdown_timeout: float
 
@@ -73,6 +75,11 @@ class Settings:
                 return int(raw)
             except ValueError:
                 raise SystemExit(f"run-handler: {name} must be an integer, got {raw!r}") from None
+
+        stream_part_bytes = get_int("STREAM_PART_BYTES", 8 * MIB)
+        if stream_part_bytes and stream_part_bytes < MIN_PART_BYTES:
+            # S3 refuses parts under 5 MiB (all but the last).
+            raise SystemExit(f"run-handler: STREAM_PART_BYTES must be 0 or at least {MIN_PART_BYTES}")
 
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
@@ -99,6 +106,7 @@ class Settings:
             upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 64 * MIB),
             db_pool_size=get_int("DB_POOL_SIZE", 10),
             object_cache_bytes=get_int("OBJECT_CACHE_BYTES", 32 * MIB),
+            stream_part_bytes=stream_part_bytes,
             api_keys=api_keys,
             shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
         )

@@ -46,7 +46,7 @@ class RunRow(NamedTuple):
             run.trace_id,
             run.name,
             object_key,
-            len(run.body),
+            run.size,
             run.run_type,
             run.start_time,
             run.end_time,

@@ -4,7 +4,8 @@ A batch uploads its runs before it writes their rows. A batch that fails deletes
 but a process killed mid-batch (or a failure of the delete itself, or an insert whose outcome
 was unknown) leaves objects without rows; so does a patched run's old object when deleting it
 fails. They are invisible -- GET finds runs through their
-rows -- and this removes them. Only objects older than the grace period are touched, so batches
+rows -- and this removes them. So are unfinished uploads in parts (large runs) that a killed
+process left; this drops them too. Only what is older than the grace period is touched, so batches
 still streaming are safe as long as none lasts longer than that.
 """
 
@@ -26,7 +27,8 @@ RUN_OBJECT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}/runs/[0-9a-f-]{36}/[0-9a-
 
 
 async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool = False) -> tuple[int, int]:
-    """Returns (objects scanned, objects without a row deleted, or found with ``dry_run``)."""
+    """Returns (objects scanned, objects without a row and unfinished uploads removed, or found
+    with ``dry_run``)."""
     if grace_seconds < 0:
         raise ValueError("the grace period cannot be negative")
     store, db = ObjectStore(settings), Database(settings)
@@ -48,6 +50,15 @@ async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool 
             if orphans and not dry_run:
                 await store.delete(orphans)
             removed += len(orphans)
+        async for page in store.list_part_uploads():
+            for upload in page:
+                if upload["Initiated"] < cutoff and RUN_OBJECT_KEY.fullmatch(upload["Key"]):
+                    log.info(
+                        "%s unfinished upload of %s", "would drop" if dry_run else "dropping", upload["Key"]
+                    )
+                    if not dry_run:
+                        await store.drop_parts(upload["Key"], upload["UploadId"])
+                    removed += 1
     finally:
         await db.close()
         await store.close()

@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from handler import metrics
 from handler.config import Settings
 from handler.db import Attachment, CommitUnknown, Database, PostedAfterPatch, Replacement, RunRow
 from handler.errors import RunError
 from handler.merge import build_object, merged, object_fields
 from handler.storage import ObjectStore
-from handler.stream import REQUIRED, Run, parse_run
+from handler.stream import REQUIRED, Run, RunPart, parse_run
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,18 @@ def run_object_key(tenant: str, run_id: uuid.UUID) -> str:
 
 def attachment_object_key(tenant: str, run_id: uuid.UUID) -> str:
     return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.bin"
+
+
+@dataclass
+class PartsUpload:
+    """The object of a run too large to hold, uploaded in parts while the run arrives. Part 1 is
+    the run's head, sent when the run ends (its id may still have to be written into it)."""
+
+    key: str
+    upload_id: str
+    parts: list[dict] = field(default_factory=list)  # those uploaded
+    next_number: int = 2
+    finished: bool = False
 
 
 class UploadWindow:
@@ -93,6 +105,8 @@ class BatchIngest:
         self._patched: list[uuid.UUID] = []
         self._uploads: dict[str, asyncio.Task] = {}  # key -> its upload, while it runs
         self._keys: list[str] = []  # every object this request uploads: deleted if it fails
+        self._in_parts: dict[int, PartsUpload] = {}  # by run index, while the run arrives
+        self._parts_uploads: list[PartsUpload] = []  # all of them: dropped if the request fails
         self._superseded: list[str] = []  # objects no run points at once this request commits
         self._failure: RunError | None = None
         self._aborted = False
@@ -109,16 +123,66 @@ class BatchIngest:
             raise RunError(409, f"run {run.index}: id {run.id} {where}", run.index)
         self._index.setdefault(run.id, run.index)
         self._posted.append(run.id)
-        if earlier is None:
+        if not run.parts:
             key = await self._upload(run_object_key(self.tenant, run.id), run.body)
+        else:
+            key = await self._finish_in_parts(run)
+        if earlier is None:
             self._rows[run.id] = RunRow.of(run, key)
             return
         # Patches of this run came first, in this request: the post goes under them.
-        row = await self._post_under_patches(run.body, earlier.object_key, f"run {run.index}")
+        post = run.body if not run.parts else await self._read(key)
+        row = await self._post_under_patches(post, earlier.object_key, f"run {run.index}")
+        self._superseded.append(key)
         if run.id in self._rows:
             self._rows[run.id] = row
         else:
             self._replaced[run.id] = self._replaced[run.id]._replace(row=row)
+
+    async def add_part(self, part: RunPart) -> None:
+        """Bytes of a run too large to hold, uploaded now as a part of the run's object."""
+        upload = self._in_parts.get(part.run.index)
+        if upload is None:
+            key = run_object_key(self.tenant, part.run.id)
+            upload = PartsUpload(key, await self._store.start_parts(key))
+            self._parts_uploads.append(upload)
+            if self._aborted:  # the request ended while the upload was being created
+                await self._drop_parts()
+                raise RunError(499, "batch aborted")
+            self._keys.append(key)
+            self._in_parts[part.run.index] = upload
+        await self._upload_part(upload, upload.next_number, part.data)
+        upload.next_number += 1
+
+    async def _finish_in_parts(self, run: Run) -> str:
+        """The run has ended: send its head and its last bytes, then join the parts."""
+        upload = self._in_parts.pop(run.index)
+        await self._upload_part(upload, 1, run.head)
+        await self._upload_part(upload, upload.next_number, run.body)
+        sending = [task for name, task in self._uploads.items() if name.startswith(f"{upload.key}#")]
+
+        async def finish() -> None:
+            await asyncio.wait(sending)
+            if self._failure is None:
+                await self._store.finish_parts(upload.key, upload.upload_id, upload.parts)
+                upload.finished = True
+
+        await self._start(upload.key, 0, finish)
+        return upload.key
+
+    async def _upload_part(self, upload: PartsUpload, number: int, data: bytes) -> None:
+        async def put() -> None:
+            upload.parts.append(await self._store.put_part(upload.key, upload.upload_id, number, data))
+
+        await self._start(f"{upload.key}#{number}", len(data), put)
+
+    async def _drop_parts(self) -> None:
+        for upload in self._parts_uploads:
+            if not upload.finished:
+                try:
+                    await self._store.drop_parts(upload.key, upload.upload_id)
+                except RunError as e:
+                    log.error("could not drop an upload in parts (gc drops it): %s", e.reason)
 
     async def add_patch(self, run_id: uuid.UUID, patch: bytes, index: int) -> None:
         """Fields to set on a run (given as a checked JSON object); nulls mean "not given"."""
@@ -236,6 +300,7 @@ class BatchIngest:
             if hung:
                 log.warning("cut %d uploads that did not end in %d s", len(hung), _ABORT_WAIT_S)
                 await asyncio.wait(hung)
+        await self._drop_parts()
         if isinstance(error, CommitUnknown):
             log.error("commit outcome unknown; settling %d objects in the background", len(self._keys))
             task = asyncio.create_task(self._settle_later(error.backend))
@@ -282,27 +347,29 @@ class BatchIngest:
 
     async def _upload(self, key: str, body: bytes, content_type: str = "application/json") -> str:
         """Start uploading ``body`` under ``key`` once the window has room; returns the key."""
-        size = len(body)
+        # Recorded before the upload starts, so abort() deletes it even if the upload is cut short.
+        self._keys.append(key)
+        await self._start(key, len(body), lambda: self._store.put(key, body, content_type))
+        return key
+
+    async def _start(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> None:
+        """Run ``send`` (an upload of ``size`` bytes) as a task, named so that commit, abort and
+        ``_read`` can wait for it, once the window has room."""
         await self._window.acquire(size)
         if self._aborted:  # the request ended while we waited for room
             self._window.release(size)
             raise RunError(499, "batch aborted")
-        # Recorded before the upload starts, so abort() deletes it even if the upload is cut short.
-        self._keys.append(key)
-        task = asyncio.create_task(self._put(key, body, size, content_type))
-        self._uploads[key] = task
-        task.add_done_callback(lambda _: self._uploads.pop(key, None))
-        return key
+        task = asyncio.create_task(self._send(name, size, send))
+        self._uploads[name] = task
+        task.add_done_callback(lambda _: self._uploads.pop(name, None))
 
-    async def _put(self, key: str, body: bytes, size: int, content_type: str) -> None:
-        started = time.perf_counter()
+    async def _send(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> None:
         try:
-            await self._store.put(key, body, content_type)
-            metrics.UPLOAD_SECONDS.observe(time.perf_counter() - started)
+            await send()
         except RunError as e:
             self._failure = self._failure or e
         except Exception as e:  # a bug must still fail the batch, not vanish in a task
-            log.exception("upload of %s failed", key)
+            log.exception("upload of %s failed", name)
             self._failure = self._failure or RunError(503, f"upload failed: {e}")
         finally:
             self._window.release(size)

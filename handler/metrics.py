@@ -34,7 +34,7 @@ INGESTED_BYTES = Counter(
 
 UPLOAD_SECONDS = Histogram(
     "run_handler_upload_seconds",
-    "Duration of one S3 PUT of a run, retries included.",
+    "Duration of one S3 PUT (a run, an attachment, a part of a large run), retries included.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )

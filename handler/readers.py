@@ -11,7 +11,7 @@ import uuid
 from handler.config import Settings
 from handler.errors import RunError
 from handler.ingest import BatchIngest
-from handler.stream import Run, RunSplitter, parse_run
+from handler.stream import Run, RunPart, RunSplitter, parse_run
 
 _WHITESPACE = b" \t\r\n"
 _QUOTE, _BACKSLASH, _OPEN_BRACE = ord('"'), ord("\\"), ord("{")
@@ -36,7 +36,12 @@ class ArrayReader:
     def __init__(self, ingest: BatchIngest, settings: Settings) -> None:
         self._ingest = ingest
         self._settings = settings
-        self._splitter = RunSplitter(settings.max_run_bytes, settings.max_runs_per_batch, settings.max_depth)
+        self._splitter = RunSplitter(
+            settings.max_run_bytes,
+            settings.max_runs_per_batch,
+            settings.max_depth,
+            part_bytes=settings.stream_part_bytes,
+        )
         self._single: bytearray | None = None
         self._decided = False
 
@@ -50,8 +55,7 @@ class ArrayReader:
             if head[0] == _OPEN_BRACE:
                 self._single = bytearray()
         if self._single is None:
-            for run in self._splitter.feed(chunk):
-                await self._ingest.add_run(run)
+            await self._add(self._splitter.feed(chunk))
             return
         self._single += chunk
         if len(self._single) > self._settings.max_run_bytes:
@@ -59,13 +63,19 @@ class ArrayReader:
 
     async def close(self) -> None:
         if self._single is None:
-            for run in self._splitter.close():
-                await self._ingest.add_run(run)
+            await self._add(self._splitter.close())
             return
         s = self._settings
         await self._ingest.add_run(
             parse_run(bytes(self._single), s.max_run_bytes, s.max_depth, "run 0", new_id=uuid.uuid4)
         )
+
+    async def _add(self, items: list[Run | RunPart]) -> None:
+        for item in items:
+            if isinstance(item, RunPart):
+                await self._ingest.add_part(item)
+            else:
+                await self._ingest.add_run(item)
 
 
 class PatchReader:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import re
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import quote
@@ -31,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from handler.cache import ObjectCache
 from handler.config import Settings
 from handler.errors import RunError
+from handler.metrics import UPLOAD_SECONDS
 
 READ_CHUNK_BYTES = 64 * 1024
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
@@ -118,21 +120,29 @@ class ObjectStore:
                 raise
             await self._client.create_bucket(Bucket=self.bucket)
 
-    def signed_url(self, method: str, key: str, headers: dict[str, str] | None = None) -> str:
+    def signed_url(
+        self, method: str, key: str, headers: dict[str, str] | None = None, query: str = ""
+    ) -> str:
         """A SigV4 query-signed URL for one request; the headers given are signed too, so the
         request must send exactly them."""
-        request = AWSRequest(method=method, url=self._bucket_url + quote(key), headers=headers)
+        url = self._bucket_url + quote(key) + (f"?{query}" if query else "")
+        request = AWSRequest(method=method, url=url, headers=headers)
         self._signer.add_auth(request)
         return request.url
 
     async def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
         headers = {"Content-Type": content_type, "x-amz-checksum-crc32": crc32_base64(body)}
-        url = self.signed_url("PUT", key, headers)
+        await self._put(self.signed_url("PUT", key, headers), body, headers)
+
+    async def _put(self, url: str, body: bytes, headers: dict[str, str]) -> str:
+        """PUT with retries on throttling, server errors and dropped connections; returns the ETag."""
+        started = time.perf_counter()
         for attempt in range(_ATTEMPTS):
             try:
                 async with self._http.put(url, data=body, headers=headers) as response:
                     if response.status == 200:
-                        return
+                        UPLOAD_SECONDS.observe(time.perf_counter() - started)
+                        return response.headers.get("ETag", "")
                     error: Exception = S3Error(response.status, await response.read())
                     if response.status not in _RETRY_STATUSES:
                         break
@@ -141,6 +151,54 @@ class ObjectStore:
             if attempt + 1 < _ATTEMPTS:
                 await asyncio.sleep(0.05 * 4**attempt)
         raise storage_error("put", error)
+
+    # -- objects uploaded in parts: runs too large to hold whole ---------------------------------
+
+    async def start_parts(self, key: str, content_type: str = "application/json") -> str:
+        """Begin an object uploaded in parts (S3 multipart upload); returns the upload's id."""
+        try:
+            response = await self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="CRC32"
+            )
+        except (BotoCoreError, ClientError, OSError) as e:
+            raise storage_error("start upload", e) from e
+        return response["UploadId"]
+
+    async def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict:
+        """Part ``number`` (from 1) of the object; returns what ``finish_parts`` needs of it. Every
+        part but the last must be at least 5 MiB."""
+        headers = {"x-amz-checksum-crc32": crc32_base64(data)}
+        query = f"uploadId={quote(upload_id, safe='')}&partNumber={number}"
+        etag = await self._put(self.signed_url("PUT", key, headers, query), data, headers)
+        return {"PartNumber": number, "ETag": etag, "ChecksumCRC32": headers["x-amz-checksum-crc32"]}
+
+    async def finish_parts(self, key: str, upload_id: str, parts: list[dict]) -> None:
+        """Join the parts into the object; only now does it exist."""
+        try:
+            await self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": sorted(parts, key=lambda part: part["PartNumber"])},
+            )
+        except (BotoCoreError, ClientError, OSError) as e:
+            raise storage_error("finish upload", e) from e
+
+    async def drop_parts(self, key: str, upload_id: str) -> None:
+        """Discard an upload in parts that will not be finished (one already gone is not an error)."""
+        try:
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise storage_error("drop upload", e) from e
+        except (BotoCoreError, OSError) as e:
+            raise storage_error("drop upload", e) from e
+
+    async def list_part_uploads(self) -> AsyncIterator[list[dict]]:
+        """Yield the bucket's unfinished uploads in parts a page at a time: Key, UploadId, Initiated."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket):
+            yield page.get("Uploads", [])
 
     async def delete(self, keys: Iterable[str]) -> None:
         """Delete the keys; a key that does not exist is not an error."""

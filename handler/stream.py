@@ -51,7 +51,7 @@ REQUIRED = ("trace_id", "name")
 
 @dataclass(slots=True)
 class Run:
-    """One run: its fields as parsed, and ``body``, what GET will return, once complete."""
+    """One run: its fields as parsed, and its bytes once complete."""
 
     index: int
     id: uuid.UUID | None = None
@@ -66,13 +66,27 @@ class Run:
     session_id: uuid.UUID | None = None
     reference_example_id: uuid.UUID | None = None
     has_error: bool = False
+    # What GET will return: ``body``; or, for a run handed out in parts (RunPart) while it arrived,
+    # ``head`` + the parts + ``body``.
     body: bytes = b""
+    head: bytes = b""
+    parts: int = 0  # RunParts handed out
+    size: int = 0  # bytes in all
 
     @property
     def status(self) -> str:
         if self.has_error:
             return "error"
         return "success" if self.end_time is not None else "pending"
+
+
+@dataclass
+class RunPart:
+    """Bytes from the middle of a run too large to hold, handed out while the run still arrives.
+    ``run`` is the run they belong to, complete once the splitter returns it."""
+
+    run: Run
+    data: bytes
 
 
 def parse_run(
@@ -98,6 +112,18 @@ def _first_line(error: Exception) -> str:
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     return message.splitlines()[0] if message else "invalid JSON"
+
+
+def _clean_cut(data: bytearray, low: int, high: int) -> int | None:
+    """The last position in [low, high] with no backslash in the 12 bytes before it (the length of
+    a surrogate pair's escapes), or None."""
+    position = high
+    while position >= low:
+        backslash = data.rfind(b"\\", max(position - 12, 0), position)
+        if backslash < 0:
+            return position
+        position = backslash
+    return None
 
 
 def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
@@ -130,6 +156,7 @@ class RunSplitter:
         new_id: Callable[[], uuid.UUID] | None = uuid.uuid4,
         noun: str = "run",
         nested: bool = False,
+        part_bytes: int = 0,
     ) -> None:
         self.max_run_bytes = max_run_bytes
         self.max_runs = max_runs
@@ -141,6 +168,13 @@ class RunSplitter:
         # kept in ``rest`` (for the caller to read) instead of being refused as trailing data.
         self.nested = nested
         self.rest: bytes | None = None
+        # A run that grows past twice this is handed out in parts of at least this many bytes
+        # (RunPart) while it arrives; only its first part, the head, stays until it ends. 0 holds
+        # every run whole.
+        self.part_bytes = part_bytes
+        self._head = 0  # the open run's head length, once it is being handed out in parts
+        self._spilled = 0  # bytes of the open run handed out
+        self._parts = 0
         # Counted from the top-level array: a run's own fields are at depth 2.
         self.max_depth = max_depth
         self._events = ijson.sendable_list()
@@ -163,12 +197,13 @@ class RunSplitter:
         self._unfed = bytearray()
         self._hold = 0
 
-    def feed(self, chunk: bytes) -> list[Run]:
+    def feed(self, chunk: bytes) -> list[Run | RunPart]:
         if self._unfed or self._hold:
             self._unfed += chunk
             # Never hold back more than could still belong to the run being received: beyond
             # that, parsing must say where the run ends before the size limit is judged.
-            if len(self._unfed) < self._hold and len(self._pending) + len(self._unfed) <= self.max_run_bytes:
+            held = len(self._pending) + self._spilled + len(self._unfed)
+            if len(self._unfed) < self._hold and held <= self.max_run_bytes:
                 return []
             chunk = bytes(self._unfed)
             self._unfed.clear()
@@ -177,12 +212,12 @@ class RunSplitter:
         self._hold = 0 if self._event_count > events_before else 2 * max(self._hold, len(chunk))
         return runs
 
-    def _feed_pieces(self, chunk: bytes) -> list[Run]:
+    def _feed_pieces(self, chunk: bytes) -> list[Run | RunPart]:
         if b"\x0b" in chunk or b"\x0c" in chunk:
             # yajl takes these as whitespace; JSON does not, and inside a string they are invalid.
             index = self._run.index if self._run else None
             raise RunError(400, "invalid JSON: vertical tab or form feed outside a string escape", index)
-        runs: list[Run] = []
+        runs: list[Run | RunPart] = []
         pos = 0
         while pos < len(chunk):
             brace = chunk.find(b"}", pos)
@@ -194,7 +229,7 @@ class RunSplitter:
                 break
         return runs
 
-    def close(self) -> list[Run]:
+    def close(self) -> list[Run | RunPart]:
         """Signal the end of the body and return the runs still held back.
 
         Raises if the body was not one complete array of runs (nested: if the array has not
@@ -388,7 +423,7 @@ class RunSplitter:
 
     # -- run boundaries and bytes --------------------------------------------------------------
 
-    def _feed_piece(self, piece: bytes) -> list[Run]:
+    def _feed_piece(self, piece: bytes) -> list[Run | RunPart]:
         was_ended = self._ended
         run_start = piece
         if not self._pending and not was_ended:
@@ -418,32 +453,69 @@ class RunSplitter:
         # When the run starts in this piece, it starts at run_start's "{": only whitespace,
         # commas and "[" come before it, and they are not part of the run.
         self._pending += piece if self._pending else run_start
-        if len(self._pending) > self.max_run_bytes:
+        if len(self._pending) + self._spilled > self.max_run_bytes:
             index = self._run.index if self._closed is None else self._closed.index
             raise self._too_large(index)
         if self._closed is None:
-            return []
+            return self._spill() if self.part_bytes else []
         # The piece ends with the brace that closed the run.
         fields, self._closed = self._closed, None
         return [self._take(fields)]
 
+    def _spill(self) -> list[RunPart]:
+        """Hand out the open run's bytes past its head once there is a part's worth.
+
+        Every cut (the head's end, each part's end) has no backslash in the 12 bytes before it, so
+        no escape sequence or surrogate pair straddles it and each piece is checked alone."""
+        pending, size = self._pending, self.part_bytes
+        if len(pending) < (self._head or size) + size:
+            return []
+        run = self._run
+        if not self._head:
+            head = _clean_cut(pending, size, len(pending) - size)
+            if head is None:
+                return []
+            self._head = head
+            if run.id is None and self.new_id is not None:
+                run.id = self.new_id()  # for the object key; kept unless the run has its own id
+        end = _clean_cut(pending, self._head + size, len(pending))
+        if end is None:
+            return []
+        data = bytes(pending[self._head : end])
+        del pending[self._head : end]
+        self._check_surrogates(data, run)
+        self._spilled += len(data)
+        self._parts += 1
+        return [RunPart(run, data)]
+
     def _take(self, run: Run) -> Run:
-        pending = self._pending
+        pending, head = self._pending, self._head
+        pieces = (pending[:head], pending[head:]) if head else (pending,)
+        for piece in pieces:
+            self._check_surrogates(piece, run)
+        with memoryview(pieces[0]) as first:
+            if "id" not in self._keys and self.new_id is not None:
+                run.id = run.id or self.new_id()
+                start = b"".join((b'{"id":"', str(run.id).encode(), b'",', first[1:]))
+            else:
+                start = bytes(first)
+        if head:
+            run.head, run.body = start, bytes(pieces[1])
+        else:
+            run.body = start
+        run.parts, run.size = self._parts, len(run.head) + self._spilled + len(run.body)
+        pending.clear()
+        self._head = self._spilled = self._parts = 0
+        return run
+
+    def _check_surrogates(self, data: bytes | bytearray, run: Run) -> None:
         # find() of one byte is a memchr: runs without any escape skip the slower searches.
         if (
-            pending.find(b"\\") >= 0
-            and (b"\\ud" in pending or b"\\uD" in pending)
-            and _LONE_HIGH_SURROGATE.search(pending)
+            data.find(b"\\") >= 0
+            and (b"\\ud" in data or b"\\uD" in data)
+            and _LONE_HIGH_SURROGATE.search(data)
         ):
             raise RunError(400, f"{self._name(run.index)}: a \\u escape is an unpaired surrogate", run.index)
-        with memoryview(pending) as view:
-            if run.id is None and self.new_id is not None:
-                run.id = self.new_id()
-                run.body = b"".join((b'{"id":"', str(run.id).encode(), b'",', view[1:]))
-            else:
-                run.body = bytes(view)
-        pending.clear()
-        return run
 
     def _too_large(self, index: int) -> RunError:
         return RunError(413, f"{self._name(index)} is larger than {self.max_run_bytes} bytes", index)

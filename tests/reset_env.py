@@ -42,8 +42,12 @@ def s3_client(settings: Settings):
 
 
 def empty_bucket(client, bucket: str) -> None:
-    """Delete every object and the bucket itself, if it exists."""
+    """Drop every unfinished upload in parts, delete every object and the bucket itself, if it
+    exists."""
     try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for upload in page.get("Uploads", []):
+                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if objects:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+from handler.errors import RunError
+from handler.stream import Run, RunPart, RunSplitter
 from tests.client import HttpClient
 
 # Values a float round trip would change, escapes, non-ASCII, odd key order and nesting.
@@ -58,3 +60,50 @@ def list_trace(http: HttpClient, trace_id: str, limit: int = 100, headers: dict 
             return runs
         assert len(page["runs"]) == limit
         cursor = f"&cursor={page['next_cursor']}"
+
+
+# Parts this small make the splitter hand out nearly every run of the test bodies in parts, as it
+# does with runs of many megabytes.
+TINY_PART = 48
+
+
+def split_all(chunks, max_run_bytes: int = 1 << 40, max_runs: int = 10**6, max_depth: int = 512) -> list[Run]:
+    """Split a body fed in ``chunks`` twice, holding every run whole and handing runs out in parts
+    of TINY_PART bytes. Both must end alike: the same runs, byte for byte (the generated ids
+    aside), or a RunError with the same status for the same run, which is raised."""
+    chunks = list(chunks)
+    whole, parted = (_split(chunks, max_run_bytes, max_runs, max_depth, size) for size in (0, TINY_PART))
+    if isinstance(whole, RunError) or isinstance(parted, RunError):
+        assert _outcome(whole) == _outcome(parted), (whole, parted)
+        raise whole
+    assert [_outcome_of(r) for r in whole] == [_outcome_of(r) for r in parted]
+    return whole
+
+
+def _split(chunks, max_run_bytes, max_runs, max_depth, part_bytes) -> list[Run] | RunError:
+    splitter = RunSplitter(max_run_bytes, max_runs, max_depth, part_bytes=part_bytes)
+    runs, parts = [], {}
+    try:
+        for items in [*(splitter.feed(chunk) for chunk in chunks), splitter.close()]:
+            for item in items:
+                if isinstance(item, RunPart):
+                    parts.setdefault(id(item.run), []).append(item.data)
+                    continue
+                item.body = item.head + b"".join(parts.pop(id(item), [])) + item.body
+                assert len(item.body) == item.size
+                runs.append(item)
+    except RunError as e:
+        return e
+    return runs
+
+
+def _outcome(result: list[Run] | RunError) -> tuple:
+    if isinstance(result, RunError):
+        return "refused", result.status, result.index
+    return "runs", [_outcome_of(r) for r in result]
+
+
+def _outcome_of(r: Run) -> tuple:
+    """A run's bytes without the id the splitter put first, if it did."""
+    prefix = b'{"id":"' + str(r.id).encode() + b'",'
+    return r.index, b"{" + r.body[len(prefix) :] if r.body.startswith(prefix) else r.body

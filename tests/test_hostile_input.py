@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from handler.errors import RunError
 from handler.stream import RunSplitter
 from tests.conftest import Store
-from tests.runs import FIDELITY_RUN, run, split, with_id
+from tests.runs import FIDELITY_RUN, run, split, split_all, with_id
 
 T = "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10"
 TB = T.encode()
@@ -197,14 +197,6 @@ def element_spans(body: bytes) -> list[tuple[int, int]]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def split_all(chunks, max_run_bytes=1 << 40, max_runs=10**6, max_depth=DEFAULT_MAX_DEPTH):
-    splitter = RunSplitter(max_run_bytes, max_runs, max_depth)
-    runs = []
-    for chunk in chunks:
-        runs += splitter.feed(chunk)
-    return runs + splitter.close()
 
 
 def sent_bytes(r) -> bytes:

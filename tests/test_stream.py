@@ -10,15 +10,7 @@ import pytest
 
 from handler.errors import RunError
 from handler.stream import RunSplitter
-from tests.runs import FIDELITY_RUN, batch, run, split, with_id
-
-
-def split_all(chunks, max_run_bytes=1 << 30, max_runs=10**6):
-    splitter = RunSplitter(max_run_bytes, max_runs)
-    runs = []
-    for chunk in chunks:
-        runs += splitter.feed(chunk)
-    return runs + splitter.close()
+from tests.runs import FIDELITY_RUN, batch, run, split, split_all, with_id
 
 
 def test_runs_come_back_byte_for_byte_with_the_id_put_first():
