@@ -101,7 +101,7 @@ def main() -> None:
     if args.command == "gc":
         scanned, removed = asyncio.run(collect_garbage(settings, args.grace_seconds, args.dry_run))
         verb = "would delete" if args.dry_run else "deleted"
-        log.info("gc: %d objects scanned, %s %d without a run", scanned, verb, removed)
+        log.info("gc: %d objects scanned, %s %d without a run or unfinished", scanned, verb, removed)
     elif args.command in (None, "serve"):
         asyncio.run(serve(settings))
 

@@ -36,7 +36,8 @@ def test_signed_urls_are_what_botocores_sigv4_presigner_makes(settings, monkeypa
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *args, **kwargs: moment)
     store = ObjectStore(settings)
     key = "tenant/runs/a b+c/ü.json"
-    headers = {"Content-Type": "application/json", "x-amz-checksum-crc32": crc32_base64(b"{}")}
+    checksum = crc32_base64(b"{}")
+    headers = {"Content-Type": "application/json", "x-amz-checksum-crc32": checksum}
 
     async def presigned():
         config = AioConfig(signature_version="s3v4", s3={"addressing_style": "path"})
@@ -54,14 +55,18 @@ def test_signed_urls_are_what_botocores_sigv4_presigner_makes(settings, monkeypa
                 "ContentType": headers["Content-Type"],
                 "ChecksumCRC32": headers["x-amz-checksum-crc32"],
             }
+            part = {**params, "UploadId": "a/b+c=", "PartNumber": 3, "ChecksumCRC32": checksum}
             return (
                 await client.generate_presigned_url("get_object", Params=params, ExpiresIn=900),
                 await client.generate_presigned_url("put_object", Params=put, ExpiresIn=900),
+                await client.generate_presigned_url("upload_part", Params=part, ExpiresIn=900),
             )
 
-    get_url, put_url = run(presigned())
+    get_url, put_url, part_url = run(presigned())
     assert store.signed_url("GET", key) == get_url
     assert store.signed_url("PUT", key, headers) == put_url
+    part_query = "uploadId=a%2Fb%2Bc%3D&partNumber=3"
+    assert store.signed_url("PUT", key, {"x-amz-checksum-crc32": checksum}, part_query) == part_url
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in put_url
     assert "X-Amz-SignedHeaders=content-type%3Bhost%3Bx-amz-checksum-crc32" in put_url
 
