@@ -76,7 +76,7 @@ memprofile: test-setup
 	$(TEST_ENV) $(BIN)/python -m pytest -q --memray benchmarks/test_memory.py -p no:cacheprovider \
 		| tee .benchmarks/memory.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 | tee -a .benchmarks/memory.txt
-	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 30000 | tee -a .benchmarks/memory.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 25000 | tee -a .benchmarks/memory.txt
 
 # 32 clients streaming batches for 60 s against one server, then every sampled run verified.
 load: install

@@ -2,8 +2,8 @@
 
     RUN_HANDLER_ENV=test python -m benchmarks.rss_stream [size_mb] [run_kb]   (defaults 1024, 100)
 
-Each run has three fields of ``run_kb`` KB each (100: runs of about 330 KB; 30000: runs of about
-90 MB, which the server uploads in parts while they arrive).
+Each run has three fields of ``run_kb`` KB each (100: runs of about 330 KB; 25000: runs of about
+88 MB, which the server uploads in parts while they arrive).
 
 Starts its own ``python -m handler`` (so it knows the pid), reads VmRSS before the request and
 VmHWM (the peak) after it, and checks every run was stored.
