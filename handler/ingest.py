@@ -123,17 +123,20 @@ class BatchIngest:
             raise RunError(409, f"run {run.index}: id {run.id} {where}", run.index)
         self._index.setdefault(run.id, run.index)
         self._posted.append(run.id)
-        if not run.parts:
-            key = await self._upload(run_object_key(self.tenant, run.id), run.body)
-        else:
-            key = await self._finish_in_parts(run)
         if earlier is None:
+            if run.parts:
+                key = await self._finish_in_parts(run)
+            else:
+                key = await self._upload(run_object_key(self.tenant, run.id), run.body)
             self._rows[run.id] = RunRow.of(run, key)
             return
         # Patches of this run came first, in this request: the post goes under them.
-        post = run.body if not run.parts else await self._read(key)
+        post = run.body
+        if run.parts:  # most of it is in S3 already: joined there, then read back
+            key = await self._finish_in_parts(run)
+            post = await self._read(key)
+            self._superseded.append(key)
         row = await self._post_under_patches(post, earlier.object_key, f"run {run.index}")
-        self._superseded.append(key)
         if run.id in self._rows:
             self._rows[run.id] = row
         else:
