@@ -44,7 +44,8 @@ def main(size_mb: int, run_kb: int) -> None:
         assert len(response.json()["ids"]) == count
         peak = status_kb(pid, "VmHWM")
         print(
-            f"{size_mb} MB batch, {count} runs of {size_mb / count:.1f} MB, stored in {elapsed:.1f} s ({size_mb / elapsed:.0f} MB/s); "
+            f"{size_mb} MB batch, {count} runs of {size_mb / count:.1f} MB, "
+            f"stored in {elapsed:.1f} s ({size_mb / elapsed:.0f} MB/s); "
             f"server RSS before {before / 1024:.1f} MB, peak {peak / 1024:.1f} MB, "
             f"growth {(peak - before) / 1024:.1f} MB"
         )
