@@ -7,6 +7,9 @@ reports the end of a run after such a piece, that brace closed it. The run is th
 for byte as sent -- big integers, ``0.1``, ``1e400``, escapes, key order and whitespace intact.
 
 Only the run being received is buffered; bytes between runs are dropped as soon as they are read.
+With ``part_bytes``, a run that outgrows twice that is not held whole either: its bytes past the
+first part are handed out (RunPart) as they are parsed, for the caller to upload while the rest
+arrives.
 
 yajl re-reads a token that spans chunks from its start on every chunk, so a 50 MB string fed in
 64 KB chunks costs quadratic time. When a feed yields no event at all (the parser is inside one long
@@ -114,6 +117,15 @@ def _first_line(error: Exception) -> str:
     return message.splitlines()[0] if message else "invalid JSON"
 
 
+def _has_lone_surrogate(data: bytes | bytearray) -> bool:
+    # find() of one byte is a memchr: data without any escape skips the slower searches.
+    return (
+        data.find(b"\\") >= 0
+        and (b"\\ud" in data or b"\\uD" in data)
+        and _LONE_HIGH_SURROGATE.search(data) is not None
+    )
+
+
 def _clean_cut(data: bytearray, low: int, high: int) -> int | None:
     """The last position in [low, high] with no backslash in the 12 bytes before it (the length of
     a surrogate pair's escapes), or None."""
@@ -133,7 +145,7 @@ def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
         raise RunError(
             400, f"{label}: invalid JSON: vertical tab or form feed outside a string escape", index
         )
-    if data.find(b"\\") >= 0 and _LONE_HIGH_SURROGATE.search(data):
+    if _has_lone_surrogate(data):
         raise RunError(400, f"{label}: a \\u escape is an unpaired surrogate", index)
     try:
         for _ in ijson.basic_parse(data):
@@ -509,12 +521,7 @@ class RunSplitter:
         return run
 
     def _check_surrogates(self, data: bytes | bytearray, run: Run) -> None:
-        # find() of one byte is a memchr: runs without any escape skip the slower searches.
-        if (
-            data.find(b"\\") >= 0
-            and (b"\\ud" in data or b"\\uD" in data)
-            and _LONE_HIGH_SURROGATE.search(data)
-        ):
+        if _has_lone_surrogate(data):
             raise RunError(400, f"{self._name(run.index)}: a \\u escape is an unpaired surrogate", run.index)
 
     def _too_large(self, index: int) -> RunError:
