@@ -1,13 +1,13 @@
 """Object storage: one S3 object per run.
 
-aiobotocore is the S3 library: it makes the bucket and delete calls, and botocore's SigV4 signer
-signs everything. The two hot calls, PUT and GET of a run, go out as URLs signed by that signer
-(``S3SigV4QueryAuth``, what ``generate_presigned_url`` uses underneath) and sent with a plain
-aiohttp request (aiohttp is aiobotocore's own transport). That skips botocore's per-call pipeline
-(parameter validation, endpoint rules, event hooks, ``Expect: 100-continue``), which costs several
-times the CPU of the request itself. What botocore would add for integrity and resilience is kept:
-every PUT carries a CRC32 checksum, covered by the signature, that the server verifies, and
-throttling or server errors are retried.
+aiobotocore is the S3 library: it makes the bucket, delete and multipart-upload calls, and
+botocore's SigV4 signer signs everything. The hot calls, PUT and GET of a run and PUT of a part, go
+out as URLs signed by that signer (``S3SigV4QueryAuth``, what ``generate_presigned_url`` uses
+underneath) and sent with a plain aiohttp request (aiohttp is aiobotocore's own transport). That
+skips botocore's per-call pipeline (parameter validation, endpoint rules, event hooks,
+``Expect: 100-continue``), which costs several times the CPU of the request itself. What botocore
+would add for integrity and resilience is kept: every PUT carries a CRC32 checksum, covered by the
+signature, that the server verifies, and throttling or server errors are retried.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ the services belong to someone else (for example docker compose).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,8 +17,8 @@ import uuid
 
 import pytest
 
-from handler.config import REPO_ROOT
-from tests.runs import batch, run
+from handler.config import MIN_PART_BYTES, REPO_ROOT
+from tests.runs import batch, run, split
 from tests.server import start_server
 
 SERVICES = REPO_ROOT / "scripts" / "services.sh"
@@ -194,6 +195,32 @@ def test_kill_9_mid_batch_leaves_no_visible_run_and_gc_removes_the_rest(tmp_path
         store.assert_unchanged(before)
     finally:
         restarted.stop()
+
+
+def test_kill_9_mid_large_run_leaves_an_unfinished_upload_that_gc_drops(tmp_path, store, db):
+    """A run large enough to go up in parts: killed mid-run, its upload is never finished (so no
+    object and no row), and gc drops the upload once it is older than the grace period."""
+    srv = start_server(tmp_path, "kill9-parts", STREAM_PART_BYTES=str(MIN_PART_BYTES))
+    before = store.snapshot()
+
+    def uploads() -> list[dict]:
+        return store.s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+
+    big = run(inputs={f"k{i}": "x" * 10_000 for i in range(2000)})
+    conn = srv.client.start_post()
+    for chunk in split(b"[" + json.dumps(big).encode()[: 3 * MIN_PART_BYTES], 64 * 1024):
+        srv.client.send_chunk(conn, chunk)
+    assert wait_for(lambda: uploads()), "no upload in parts started"
+    srv.process.kill()
+    srv.process.wait()
+    conn.close()
+    left = uploads()
+    assert len(left) == 1
+    store.assert_unchanged(before)
+    gc(grace_seconds=3600)  # too young: kept
+    assert uploads() == left
+    gc(grace_seconds=0)
+    assert uploads() == []
 
 
 def _accepts(port: int) -> bool:
