@@ -13,7 +13,10 @@ arrives.
 
 yajl re-reads a token that spans chunks from its start on every chunk, so a 50 MB string fed in
 64 KB chunks costs quadratic time. When a feed yields no event at all (the parser is inside one long
-token), input is held back until it has doubled, which keeps the total work linear.
+token), input is held back until it has doubled, which keeps the total work linear. For the same
+reason a string is never cut at the ``}`` inside it (JSON kept as a string has one every few
+bytes): once a piece ending in ``}`` yields no event, that brace was inside a string, and the next
+piece runs to the string's closing quote.
 """
 
 from __future__ import annotations
@@ -33,9 +36,17 @@ from handler.errors import RunError
 _LONE_HIGH_SURROGATE = re.compile(
     rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
 )
+# A string's closing quote: one not escaped, i.e. after an even run of backslashes.
+_STRING_END = re.compile(rb'(?<!\\)(?:\\\\)*"')
+# Where a large run may be cut into parts (at the end of a match) so that no escape sequence and
+# no surrogate pair straddles the cut: after 12 bytes without a backslash (a pair's escapes are 12
+# bytes), or just before a \u escape that is not the low half of a pair (text that is all escapes,
+# as json.dumps writes non-ASCII, has one every 6 bytes). A backslash after anything but a backslash
+# starts an escape.
+_CUT = re.compile(rb"[^\\]{12}|[^\\](?=\\u(?:[^dD]|[dD][^c-fC-F]))")
 _WHITESPACE = b" \t\r\n"
 _SEPARATORS = _WHITESPACE + b",[]"
-_OPEN_BRACE = ord("{")
+_OPEN_BRACE, _BACKSLASH = ord("{"), ord("\\")
 MAX_NAME_CHARS = 1024
 UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_DOTTED_ORDER_CHARS = 8192
@@ -126,16 +137,13 @@ def _has_lone_surrogate(data: bytes | bytearray) -> bool:
     )
 
 
-def _clean_cut(data: bytearray, low: int, high: int) -> int | None:
-    """The last position in [low, high] with no backslash in the 12 bytes before it (the length of
-    a surrogate pair's escapes), or None."""
-    position = high
-    while position >= low:
-        backslash = data.rfind(b"\\", max(position - 12, 0), position)
-        if backslash < 0:
-            return position
-        position = backslash
-    return None
+def _clean_cut(data: bytearray, low: int, scanned: int) -> int | None:
+    """A position at or after ``low`` where ``data`` may be cut (see _CUT), or None. No cut ends
+    before ``scanned`` + 12 (an earlier search found none there)."""
+    start = max(low - 12, scanned)
+    while (found := _CUT.search(data, start)) is not None and found.end() < low:
+        start = found.start() + 1
+    return found.end() if found else None
 
 
 def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
@@ -184,7 +192,9 @@ class RunSplitter:
         # (RunPart) while it arrives; only its first part, the head, stays until it ends. 0 holds
         # every run whole.
         self.part_bytes = part_bytes
+        self._in_string = False  # the parser is inside a string: cut at its end, not at braces
         self._head = 0  # the open run's head length, once it is being handed out in parts
+        self._scanned = 0  # where the search for a clean cut may start (see _spill)
         self._spilled = 0  # bytes of the open run handed out
         self._parts = 0
         # Counted from the top-level array: a run's own fields are at depth 2.
@@ -232,9 +242,21 @@ class RunSplitter:
         runs: list[Run | RunPart] = []
         pos = 0
         while pos < len(chunk):
-            brace = chunk.find(b"}", pos)
-            end = len(chunk) if brace < 0 else brace + 1
+            if self._in_string:
+                quote = _STRING_END.search(chunk, pos)
+                end = len(chunk) if quote is None else quote.end()
+            else:
+                brace = chunk.find(b"}", pos)
+                end = len(chunk) if brace < 0 else brace + 1
+            events_before = self._event_count
             runs.extend(self._feed_piece(chunk[pos:end]))
+            if self._in_string:
+                # Still inside only if no quote came; after a backslash, whether the next quote
+                # ends the string depends on what came before: cut at braces again.
+                self._in_string = quote is None and chunk[end - 1] != _BACKSLASH
+            else:
+                # A "}" that yields no event is inside a string (a closing brace is an event).
+                self._in_string = brace >= 0 and self._event_count == events_before
             pos = end
             if self.rest is not None:  # a nested array ended in that piece
                 self.rest += chunk[pos:]
@@ -477,24 +499,28 @@ class RunSplitter:
     def _spill(self) -> list[RunPart]:
         """Hand out the open run's bytes past its head once there is a part's worth.
 
-        Every cut (the head's end, each part's end) has no backslash in the 12 bytes before it, so
-        no escape sequence or surrogate pair straddles it and each piece is checked alone."""
+        No cut (the head's end, each part's end) splits an escape sequence or a surrogate pair
+        (_CUT), so each piece is checked alone. The head
+        is fixed at its first clean cut; until a part goes out, the run is still one piece."""
         pending, size = self._pending, self.part_bytes
         if len(pending) < (self._head or size) + size:
             return []
-        run = self._run
         if not self._head:
-            head = _clean_cut(pending, size, len(pending) - size)
+            head = _clean_cut(pending, size, self._scanned)
             if head is None:
+                self._scanned = max(len(pending) - 12, 0)
                 return []
             self._head = head
-            if run.id is None and self.new_id is not None:
-                run.id = self.new_id()  # for the object key; kept unless the run has its own id
-        end = _clean_cut(pending, self._head + size, len(pending))
+        end = _clean_cut(pending, self._head + size, self._scanned)
         if end is None:
+            self._scanned = max(len(pending) - 12, 0)
             return []
+        run = self._run
+        if not self._parts and run.id is None and self.new_id is not None:
+            run.id = self.new_id()  # for the object key; kept unless the run has its own id
         data = bytes(pending[self._head : end])
         del pending[self._head : end]
+        self._scanned = self._head
         self._check_surrogates(data, run)
         self._spilled += len(data)
         self._parts += 1
@@ -502,7 +528,7 @@ class RunSplitter:
 
     def _take(self, run: Run) -> Run:
         pending, head = self._pending, self._head
-        pieces = (pending[:head], pending[head:]) if head else (pending,)
+        pieces = (pending[:head], pending[head:]) if self._parts else (pending,)
         for piece in pieces:
             self._check_surrogates(piece, run)
         with memoryview(pieces[0]) as first:
@@ -511,13 +537,13 @@ class RunSplitter:
                 start = b"".join((b'{"id":"', str(run.id).encode(), b'",', first[1:]))
             else:
                 start = bytes(first)
-        if head:
+        if self._parts:
             run.head, run.body = start, bytes(pieces[1])
         else:
             run.body = start
         run.parts, run.size = self._parts, len(run.head) + self._spilled + len(run.body)
         pending.clear()
-        self._head = self._spilled = self._parts = 0
+        self._head = self._spilled = self._parts = self._scanned = 0
         return run
 
     def _check_surrogates(self, data: bytes | bytearray, run: Run) -> None:

@@ -124,8 +124,9 @@ def escaped_run(text: str) -> bytes:
         "\\ud83d\\ude00" * 1_200_000,  # surrogate pairs everywhere: no cut may split one
         "\\\\ud800" * 2_000_000,  # an escaped backslash, then text: not a surrogate
         "\\\\" * 7_000_000,  # backslashes only: never cut cleanly, so held whole (still in bounds)
+        "x" * 6_000_000 + "\\\\" * 3_000_000,  # a head can be cut, a part cannot: still one piece
     ],
-    ids=["pairs", "escaped-backslash-then-ud800", "backslashes"],
+    ids=["pairs", "escaped-backslash-then-ud800", "backslashes", "head-but-no-part"],
 )
 def test_escapes_across_part_boundaries_are_judged_like_whole_runs(parts_server, storage, text):
     sent = escaped_run(text)
@@ -135,6 +136,22 @@ def test_escapes_across_part_boundaries_are_judged_like_whole_runs(parts_server,
     body, _ = stored_as(parts_server, storage, run_id)
     assert body == b'{"id":"' + run_id.encode() + b'",' + sent[1:]
     assert open_uploads(storage) == []
+
+
+def test_text_that_is_all_escapes_still_goes_up_in_parts(parts_server, storage):
+    """json.dumps writes non-ASCII as \\u escapes, a backslash every 6 bytes: cuts fall before them."""
+    run = {
+        "trace_id": str(uuid.uuid4()),
+        "name": "zh",
+        "inputs": {"s": ["你好世界，这是一个测试句子。" * 3] * 80_000},
+    }
+    sent = json.dumps(run).encode()
+    response = post(parts_server, b"[" + sent + b"]")
+    assert response.status == 201, response.body
+    (run_id,) = response.json()["ids"]
+    body, etag = stored_as(parts_server, storage, run_id)
+    assert body == b'{"id":"' + run_id.encode() + b'",' + sent[1:]
+    assert parts_in(etag) >= 3
 
 
 def refused_leaves_nothing(server: Server, storage: Store, body: bytes, status: int, words: str) -> None:

@@ -135,3 +135,34 @@ def test_long_names_are_refused():
     with pytest.raises(RunError) as e:
         split_all([body])
     assert e.value.status == 400 and "longer than 1024" in e.value.reason
+
+
+class CountingParser:
+    """Stands in front of ijson's push parser and counts what it is given."""
+
+    def __init__(self, parser) -> None:
+        self.parser, self.sends = parser, 0
+
+    def send(self, data: bytes) -> None:
+        self.sends += 1
+        self.parser.send(data)
+
+    def close(self) -> None:
+        self.parser.close()
+
+
+def test_a_string_full_of_braces_goes_to_the_parser_in_a_few_pieces():
+    """JSON kept as a string has a "}" every few bytes. Cut there, yajl would re-read the string
+    from its start on every piece: quadratic (a 200 KB string took 3 s of CPU)."""
+    inner = json.dumps({f"k{i}": {"v": i} for i in range(8000)})
+    body = batch(run(outputs={"text": inner, "after": "}"}), run(name="b}"))
+    splitter = RunSplitter(1 << 30, 10)
+    splitter._parser = CountingParser(splitter._parser)
+    runs = []
+    for chunk in split(body, 64 * 1024):
+        runs += splitter.feed(chunk)
+    runs += splitter.close()
+    assert [json.loads(r.body)["outputs"]["text"] for r in runs[:1]] == [inner]
+    assert json.loads(runs[1].body)["name"] == "b}"
+    assert body.count(b"}") > 8000
+    assert splitter._parser.sends < 40
