@@ -166,3 +166,36 @@ def test_a_string_full_of_braces_goes_to_the_parser_in_a_few_pieces():
     assert json.loads(runs[1].body)["name"] == "b}"
     assert body.count(b"}") > 8000
     assert splitter._parser.sends < 40
+
+
+def test_random_strings_of_braces_quotes_and_backslashes_split_exactly():
+    """Strings made of the bytes that steer the splitter ("}" ends pieces, a quote after an even
+    run of backslashes ends a string), escaped or raw UTF-8, cut into 1-30 byte chunks: every run
+    comes back as exactly its element, held whole and in parts alike (split_all checks both)."""
+    rng = random.Random(11)
+    alphabet = ["}", '"', "\\", "{", "]", "[", ",", "a", " ", "é", "\U0001f600", ":", "\n"]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+
+    def value(depth: int = 0):
+        pick = rng.random()
+        if depth > 3 or pick < 0.4:
+            return text()
+        if pick < 0.7:
+            return {text()[:5]: value(depth + 1) for _ in range(rng.randint(0, 4))}
+        return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+
+    for _ in range(500):
+        runs = [run(name=text(), inputs={"v": value()}) for _ in range(rng.randint(1, 4))]
+        elements = [json.dumps(r, ensure_ascii=rng.random() < 0.5).encode() for r in runs]
+        body = b"[" + b",".join(elements) + b"]"
+        chunks, pos = [], 0
+        while pos < len(body):
+            step = rng.randint(1, 30)
+            chunks.append(body[pos : pos + step])
+            pos += step
+        runs_back = split_all(chunks)
+        assert [r.body for r in runs_back] == [
+            with_id(e, str(r.id)) for e, r in zip(elements, runs_back, strict=True)
+        ]
