@@ -12,6 +12,7 @@ from datetime import datetime
 
 import tornado.iostream
 import tornado.web
+from tornado.ioloop import IOLoop
 
 from handler import __version__, docs, metrics, ops
 from handler.auth import ApiKeys
@@ -112,6 +113,7 @@ class IngestHandler(JSONHandler):
         self.committing = False
         self.counted = False  # in self.in_flight
         self.body_bytes = 0  # for the access log
+        self.idle_since: float | None = None  # receiving the body, not busy with a chunk, since then
 
     @property
     def run_count(self) -> int:
@@ -139,6 +141,26 @@ class IngestHandler(JSONHandler):
         self.in_flight.enter()
         self.counted = True
         metrics.BATCHES_IN_FLIGHT.inc()
+        if self.config.body_idle_timeout:
+            self.idle_since = IOLoop.current().time()
+            self.watch_idle()
+
+    def watch_idle(self) -> None:
+        """A client that stops sending mid-body would hold its batch open for ever: after
+        BODY_IDLE_TIMEOUT seconds without a byte (not counting time spent on a chunk, when the
+        server itself stops reading), the batch is undone and answered 408."""
+        if self.ingest is None or self._finished or self.committing:
+            return
+        loop, timeout = IOLoop.current(), self.config.body_idle_timeout
+        if self.idle_since is not None and loop.time() - self.idle_since >= timeout:
+            log.info("no body data for %d s after %d bytes: closing the batch", timeout, self.body_bytes)
+            self.idle_since = None
+            task = asyncio.ensure_future(self.reject(RunError(408, f"no body data for {timeout:g} s")))
+            self.in_flight.cleanups.add(task)
+            task.add_done_callback(self.in_flight.cleanups.discard)
+            return
+        waited = 0 if self.idle_since is None else loop.time() - self.idle_since
+        loop.call_later(timeout - waited, self.watch_idle)
 
     def check_content_type(self, content_type: str) -> None:
         if content_type.split(";")[0].strip().lower() != self.content_type:
@@ -148,8 +170,9 @@ class IngestHandler(JSONHandler):
         raise NotImplementedError
 
     async def data_received(self, chunk: bytes) -> None:
-        if self.ingest is None or self._finished:
+        if self.ingest is None or self._finished or self.ingest.aborted:
             return
+        self.idle_since = None
         self.body_bytes += len(chunk)
         metrics.INGESTED_BYTES.inc(len(chunk))
         try:
@@ -159,6 +182,8 @@ class IngestHandler(JSONHandler):
                 await self.reader.feed(piece)
         except Exception as e:
             await self.reject(e)
+        else:
+            self.idle_since = IOLoop.current().time() if self.config.body_idle_timeout else None
 
     async def commit(self) -> dict | None:
         """The body has ended: the request's result, or None once it has been answered."""

@@ -57,6 +57,7 @@ class Settings:
     stream_part_bytes: int
     api_keys: ApiKeys
     shutdown_timeout: float
+    body_idle_timeout: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -109,6 +110,7 @@ class Settings:
             stream_part_bytes=stream_part_bytes,
             api_keys=api_keys,
             shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
+            body_idle_timeout=get_int("BODY_IDLE_TIMEOUT", 60),
         )
 
     @property

@@ -112,6 +112,10 @@ class BatchIngest:
         self._aborted = False
 
     @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    @property
     def run_count(self) -> int:
         return len(self._rows) + len(self._replaced)
 

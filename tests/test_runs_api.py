@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import start_server
+from tests.conftest import Store, start_server
 from tests.reset_env import empty_bucket
 from tests.runs import FIDELITY_RUN, batch, run, split, with_id
 
@@ -188,6 +188,38 @@ def test_client_disconnect_mid_body_leaves_nothing(client, store):
     store.assert_unchanged(before, timeout=20)
 
 
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory):
+    srv = start_server(tmp_path_factory.mktemp("idle"), "idle", BODY_IDLE_TIMEOUT="1")
+    yield srv
+    srv.stop()
+
+
+def test_a_client_that_stops_sending_mid_body_gets_408_and_leaves_nothing(impatient_server, s3, db):
+    store = Store(s3, db, impatient_server.bucket)
+    before = store.snapshot()
+    client = impatient_server.client
+    conn = client.start_post()
+    client.send_chunk(conn, b"[" + batch(*[run() for _ in range(10)])[1:-1] + b",")
+    conn.sock.settimeout(15)  # a server that never gives up fails the test instead of hanging it
+    response = conn.getresponse()  # without sending the rest: the server gives up and answers
+    assert (response.status, json.loads(response.read())) == (408, {"error": "no body data for 1 s"})
+    conn.close()
+    store.assert_unchanged(before, timeout=10)
+
+
+def test_a_slow_client_that_keeps_sending_is_not_cut_off(impatient_server):
+    """The timeout is for silence, not for the whole body: 3 s of small chunks, 0.25 s apart."""
+    body = batch(*[run() for _ in range(12)])
+    step = len(body) // 12 + 1
+    conn = impatient_server.client.start_post()
+    for i in range(0, len(body), step):
+        impatient_server.client.send_chunk(conn, body[i : i + step])
+        time.sleep(0.25)
+    response = impatient_server.client.finish(conn)
+    assert (response.status, len(response.json()["ids"])) == (201, 12)
+
+
 @pytest.mark.parametrize(
     "body, words, index",
     [
@@ -204,8 +236,6 @@ def test_client_disconnect_mid_body_leaves_nothing(client, store):
     ],
 )
 def test_limits_answer_413_and_leave_nothing(limited_server, s3, db, body, words, index):
-    from tests.conftest import Store
-
     store = Store(s3, db, limited_server.bucket)
     before = store.snapshot()
     response = limited_server.client.post(split(body, 1000))
