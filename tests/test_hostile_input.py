@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from handler.errors import RunError
 from handler.stream import RunSplitter
 from tests.conftest import Store
-from tests.runs import FIDELITY_RUN, run, split, split_all, with_id
+from tests.runs import FIDELITY_RUN, run, sent_bytes, split, split_all, with_id
 
 T = "6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10"
 TB = T.encode()
@@ -197,12 +197,6 @@ def element_spans(body: bytes) -> list[tuple[int, int]]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def sent_bytes(r) -> bytes:
-    """The element as the client sent it: Run.body without the id the splitter put first."""
-    prefix = b'{"id":"' + str(r.id).encode() + b'",'
-    return b"{" + r.body[len(prefix) :] if r.body.startswith(prefix) else r.body
 
 
 def assert_error(response, status: int) -> dict:
