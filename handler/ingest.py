@@ -51,6 +51,7 @@ class PartsUpload:
     key: str
     upload_id: str
     parts: list[dict] = field(default_factory=list)  # those uploaded
+    sending: list[asyncio.Task] = field(default_factory=list)  # every part's upload
     next_number: int = 2
     finished: bool = False
 
@@ -166,10 +167,9 @@ class BatchIngest:
         upload = self._in_parts.pop(run.index)
         await self._upload_part(upload, 1, run.head)
         await self._upload_part(upload, upload.next_number, run.body)
-        sending = [task for name, task in self._uploads.items() if name.startswith(f"{upload.key}#")]
 
         async def finish() -> None:
-            await asyncio.wait(sending)
+            await asyncio.wait(upload.sending)
             if self._failure is None:
                 await self._store.finish_parts(upload.key, upload.upload_id, upload.parts)
                 upload.finished = True
@@ -181,7 +181,7 @@ class BatchIngest:
         async def put() -> None:
             upload.parts.append(await self._store.put_part(upload.key, upload.upload_id, number, data))
 
-        await self._start(f"{upload.key}#{number}", len(data), put)
+        upload.sending.append(await self._start(f"{upload.key}#{number}", len(data), put))
 
     async def _drop_parts(self) -> None:
         for upload in self._parts_uploads:
@@ -359,9 +359,9 @@ class BatchIngest:
         await self._start(key, len(body), lambda: self._store.put(key, body, content_type))
         return key
 
-    async def _start(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> None:
+    async def _start(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> asyncio.Task:
         """Run ``send`` (an upload of ``size`` bytes) as a task, named so that commit, abort and
-        ``_read`` can wait for it, once the window has room."""
+        ``_read`` can wait for it, once the window has room; returns the task."""
         await self._window.acquire(size)
         if self._aborted:  # the request ended while we waited for room
             self._window.release(size)
@@ -369,6 +369,7 @@ class BatchIngest:
         task = asyncio.create_task(self._send(name, size, send))
         self._uploads[name] = task
         task.add_done_callback(lambda _: self._uploads.pop(name, None))
+        return task
 
     async def _send(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> None:
         try:
