@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc server test-setup test benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup test benchmark memprofile load lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on :8000"
@@ -16,7 +16,7 @@ help:
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
-	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc"
+	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc | compact"
 	@echo "make test-setup | lint | lint-fix | format | clean"
 
 $(INSTALLED): setup.cfg setup.py pyproject.toml
@@ -52,6 +52,11 @@ db-downgrade: install services-up
 GRACE_SECONDS ?= 3600
 gc: install services-up
 	$(BIN)/python -m handler gc --grace-seconds $(GRACE_SECONDS)
+
+# Segments whose live bytes are below MIN_LIVE of their size, rewritten (see README).
+MIN_LIVE ?= 0.5
+compact: install services-up
+	$(BIN)/python -m handler compact --grace-seconds $(GRACE_SECONDS) --min-live $(MIN_LIVE)
 
 server: install services-up
 	$(BIN)/python -m handler serve

@@ -1,4 +1,4 @@
-"""Command line: ``python -m handler [serve|migrate|rollback|gc|hash-key]``."""
+"""Command line: ``python -m handler [serve|migrate|rollback|gc|compact|hash-key]``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import tornado.httpserver
 
 from handler.app import InFlight, make_app
 from handler.auth import hash_key
+from handler.compact import compact
 from handler.config import Settings, env_file
 from handler.db import Database
 from handler.gc import collect_garbage
@@ -85,6 +86,12 @@ def main() -> None:
     gc = commands.add_parser("gc", help="delete objects that no committed run points at")
     gc.add_argument("--grace-seconds", type=int, default=3600, help="only objects older than this")
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    packer = commands.add_parser("compact", help="rewrite segments that are mostly dead space")
+    packer.add_argument("--grace-seconds", type=int, default=3600, help="only segments older than this")
+    packer.add_argument(
+        "--min-live", type=float, default=0.5, help="rewrite segments whose live share is below this"
+    )
+    packer.add_argument("--dry-run", action="store_true", help="report live and dead bytes only")
     hasher = commands.add_parser("hash-key", help="print the SHA-256 of an API key (read from stdin)")
     hasher.add_argument("key", nargs="?", help="the key; read from stdin when absent")
     args = parser.parse_args()
@@ -102,6 +109,21 @@ def main() -> None:
         scanned, removed = asyncio.run(collect_garbage(settings, args.grace_seconds, args.dry_run))
         verb = "would delete" if args.dry_run else "deleted"
         log.info("gc: %d objects scanned, %s %d without a run or unfinished", scanned, verb, removed)
+    elif args.command == "compact":
+        try:
+            r = asyncio.run(compact(settings, args.grace_seconds, args.min_live, args.dry_run))
+        except ValueError as e:
+            raise SystemExit(f"run-handler: {e}") from None
+        log.info(
+            "compact: %d segments, %d bytes stored, %d live, %d dead; %s %d segments, freeing %d bytes",
+            r.segments,
+            r.stored_bytes,
+            r.live_bytes,
+            r.stored_bytes - r.live_bytes,
+            "would rewrite" if args.dry_run else "rewrote",
+            r.rewritten,
+            r.freed_bytes,
+        )
     elif args.command in (None, "serve"):
         asyncio.run(serve(settings))
 

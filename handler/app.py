@@ -23,7 +23,7 @@ from handler.errors import RunError
 from handler.ingest import BatchIngest
 from handler.multipart import MultipartReader, boundary_of
 from handler.readers import ArrayReader, BatchReader, PatchReader
-from handler.storage import ObjectStore
+from handler.storage import Location, ObjectStore
 from handler.stream import MAX_DOTTED_ORDER_CHARS, UUID_TEXT
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,11 @@ class IngestHandler(JSONHandler):
     @property
     def run_count(self) -> int:
         return self.ingest.run_count if self.ingest is not None and self.committing else 0
+
+    @property
+    def object_count(self) -> int:
+        """Objects this request wrote (for the access log); a failed request deleted them again."""
+        return self.ingest.object_count if self.ingest is not None else 0
 
     def prepare(self) -> None:
         if self.request.method not in self.ingest_methods:
@@ -322,11 +327,11 @@ class RunHandler(IngestHandler):
             return self.fail(e)
         if found is None:
             return self.fail(RunError(404, f"run {run_id} not found"))
-        await self.relay(*found, "application/json")
+        await self.relay(found.location, found.size, "application/json")
 
-    async def relay(self, key: str, size: int, content_type: str) -> None:
-        """Stream an object to the client."""
-        chunks = self.store.read(key)
+    async def relay(self, location: Location, size: int, content_type: str) -> None:
+        """Stream a run's bytes (an object, or its range of a segment) to the client."""
+        chunks = self.store.read(location.key, location.offset, size)
         try:
             first = await anext(chunks, b"")
         except RunError as e:
@@ -342,7 +347,7 @@ class RunHandler(IngestHandler):
             return  # the client went away
         except Exception:
             # The status line is gone already; a short body and a closed connection tell the client.
-            log.exception("reading %s failed mid-stream", key)
+            log.exception("reading %s failed mid-stream", location.key)
             self.request.connection.close()
             return
         self.finish()
@@ -365,7 +370,7 @@ class AttachmentHandler(RunHandler):
         if found is None:
             return self.fail(RunError(404, f"run {run_id} has no attachment {name!r}"))
         key, content_type, size = found
-        await self.relay(key, size, content_type)
+        await self.relay(Location(key), size, content_type)
 
 
 class InfoHandler(JSONHandler):

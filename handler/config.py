@@ -55,6 +55,9 @@ class Settings:
     db_pool_size: int
     object_cache_bytes: int
     stream_part_bytes: int
+    segment_bytes: int
+    segment_max_wait_ms: int
+    pack_max_run_bytes: int
     api_keys: ApiKeys
     shutdown_timeout: float
     body_idle_timeout: float
@@ -82,6 +85,10 @@ class Settings:
             # S3 refuses parts under 5 MiB (all but the last).
             raise SystemExit(f"run-handler: STREAM_PART_BYTES must be 0 or at least {MIN_PART_BYTES}")
 
+        for name in ("SEGMENT_BYTES", "SEGMENT_MAX_WAIT_MS", "PACK_MAX_RUN_BYTES"):
+            if get_int(name, 0) < 0:
+                raise SystemExit(f"run-handler: {name} cannot be negative")
+
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
         except ValueError as e:
@@ -108,6 +115,9 @@ class Settings:
             db_pool_size=get_int("DB_POOL_SIZE", 10),
             object_cache_bytes=get_int("OBJECT_CACHE_BYTES", 32 * MIB),
             stream_part_bytes=stream_part_bytes,
+            segment_bytes=get_int("SEGMENT_BYTES", 4 * MIB),
+            segment_max_wait_ms=get_int("SEGMENT_MAX_WAIT_MS", 1000),
+            pack_max_run_bytes=get_int("PACK_MAX_RUN_BYTES", MIB),
             api_keys=api_keys,
             shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
             body_idle_timeout=get_int("BODY_IDLE_TIMEOUT", 60),

@@ -1,4 +1,5 @@
-"""PostgreSQL through aiopg: one row per run pointing at its object."""
+"""PostgreSQL through aiopg: one row per run pointing at its bytes (a whole object, or a range of a
+segment)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
-from typing import NamedTuple
 
 import aiopg
 import psycopg2
@@ -17,111 +16,20 @@ import psycopg2.errors
 
 from handler.config import Settings
 from handler.errors import RunError
-from handler.stream import Run
-
-
-class RunRow(NamedTuple):
-    """A run's row: where its object is, and the small fields that list a trace without it."""
-
-    id: uuid.UUID
-    trace_id: uuid.UUID
-    name: str
-    object_key: str
-    size_bytes: int
-    run_type: str | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    parent_run_id: uuid.UUID | None = None
-    dotted_order: str | None = None
-    session_name: str | None = None
-    session_id: uuid.UUID | None = None
-    reference_example_id: uuid.UUID | None = None
-    status: str = "pending"
-    posted: bool = True  # False: only patches have come, the run's post is still to come
-
-    @classmethod
-    def of(cls, run: Run, object_key: str, posted: bool = True) -> RunRow:
-        return cls(
-            run.id,
-            run.trace_id,
-            run.name,
-            object_key,
-            run.size,
-            run.run_type,
-            run.start_time,
-            run.end_time,
-            run.parent_run_id,
-            run.dotted_order,
-            run.session_name,
-            run.session_id,
-            run.reference_example_id,
-            run.status,
-            posted,
-        )
-
-
-class PostedAfterPatch(Exception):
-    """Runs posted after their patches were stored: {run id: the patches' object key}."""
-
-    def __init__(self, patches: dict[uuid.UUID, str]) -> None:
-        super().__init__(f"{len(patches)} runs were patched before they were posted")
-        self.patches = patches
-
-
-class Replacement(NamedTuple):
-    """A patched run: its new row, written only if the run still points at ``old_key`` (so two
-    patches racing on one run cannot both win)."""
-
-    row: RunRow
-    old_key: str
-
-
-class Attachment(NamedTuple):
-    run_id: uuid.UUID
-    name: str
-    object_key: str
-    content_type: str
-    size_bytes: int
-
-
-_TYPES = {
-    "id": "uuid",
-    "trace_id": "uuid",
-    "size_bytes": "bigint",
-    "start_time": "timestamptz",
-    "end_time": "timestamptz",
-    "parent_run_id": "uuid",
-    "session_id": "uuid",
-    "reference_example_id": "uuid",
-    "posted": "boolean",
-}
-_COLUMNS = ", ".join(RunRow._fields)
-_ARRAYS = ", ".join(f"%s::{_TYPES.get(name, 'text')}[]" for name in RunRow._fields)
-# One statement per kind of change, however many rows: the rows travel as one array per column
-# and unnest() turns them back into rows.
-_INSERT = f"INSERT INTO runs (tenant, {_COLUMNS}) SELECT %s, * FROM unnest({_ARRAYS})"
-_UPDATE = f"""
-UPDATE runs AS r SET {", ".join(f"{name} = u.{name}" for name in RunRow._fields[1:])}
-FROM unnest(%s::text[], {_ARRAYS}) AS u(old_key, {_COLUMNS})
-WHERE r.tenant = %s AND r.id = u.id AND r.object_key = u.old_key
-"""
-_INSERT_ATTACHMENTS = """
-INSERT INTO run_attachments (tenant, run_id, name, object_key, content_type, size_bytes)
-SELECT %s, * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[])
-"""
-_SUMMARY = (
-    "id, trace_id, name, run_type, start_time, end_time, parent_run_id, dotted_order, session_name,"
-    " session_id, reference_example_id, status, size_bytes"
+from handler.rows import (
+    INSERT,
+    INSERT_ATTACHMENTS,
+    STORED_COLUMNS,
+    SUMMARY_COLUMNS,
+    UPDATE,
+    Attachment,
+    PostedAfterPatch,
+    Replacement,
+    RunRow,
+    StoredRun,
+    columns,
+    stored_run,
 )
-
-
-def _columns(rows: Sequence[tuple]) -> list[list]:
-    """Rows to one list per column, ids and datetimes as the text PostgreSQL casts from."""
-    return [
-        [v if v is None or isinstance(v, str | int) else str(v) for v in col]
-        for col in zip(*rows, strict=True)
-    ]
-
 
 # PostgreSQL gives up on a statement before the client does, so a slow insert ends as an error
 # from the server (the statement was rolled back), not as a client timeout (outcome unknown).
@@ -223,7 +131,7 @@ class Database:
                     await self._begin_and_write(cur, tenant, rows, replacements, attachments)
                     committing: tuple = ("COMMIT", None)
                 else:
-                    committing = (_INSERT, (tenant, *_columns(rows)))
+                    committing = (INSERT, (tenant, *columns(rows)))
                 try:
                     await cur.execute(*committing)
                 except psycopg2.errors.UniqueViolation as e:
@@ -250,15 +158,15 @@ class Database:
         try:
             await cur.execute("BEGIN")
             if rows:
-                await cur.execute(_INSERT, (tenant, *_columns(rows)))
+                await cur.execute(INSERT, (tenant, *columns(rows)))
             if replacements:
                 new_rows = [r.row for r in replacements]
-                old_keys = [r.old_key for r in replacements]
-                await cur.execute(_UPDATE, (old_keys, *_columns(new_rows), tenant))
+                old_keys, old_offsets = columns([r.old for r in replacements])
+                await cur.execute(UPDATE, (old_keys, old_offsets, *columns(new_rows), tenant))
                 if cur.rowcount != len(replacements):
                     raise RunError(409, "a patched run was changed by another request meanwhile; retry")
             if attachments:
-                await cur.execute(_INSERT_ATTACHMENTS, (tenant, *_columns(attachments)))
+                await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
         except BaseException as e:
             with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
                 await cur.execute("ROLLBACK")
@@ -321,36 +229,36 @@ class Database:
         if error.diag.constraint_name == "run_attachments_pkey":
             raise RunError(409, "an attachment of that name already exists for the run") from error
         found = await self._fetch(
-            "SELECT id, object_key, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            f"SELECT id, {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
             (tenant, [str(row.id) for row in rows]),
         )
-        existing = {uuid.UUID(str(run_id)): (key, posted) for run_id, key, posted in found}
+        existing = {uuid.UUID(str(found_row[0])): stored_run(found_row[1:]) for found_row in found}
         patches = {}
         for row in rows:
             if row.id not in existing:
                 continue
-            key, posted = existing[row.id]
-            if posted or not row.posted:
+            stored = existing[row.id]
+            if stored.posted or not row.posted:
                 raise RunError(409, f"id {row.id} already exists", run_id=row.id) from error
-            patches[row.id] = key
+            patches[row.id] = stored
         if not patches:  # taken by a request that has been undone since
             raise RunError(409, "a run id was being written by another request; retry") from error
         raise PostedAfterPatch(patches)
 
-    async def find_run(self, tenant: str, run_id: uuid.UUID) -> tuple[str, int] | None:
-        """The object key and size of a tenant's run, or None."""
+    async def find_run(self, tenant: str, run_id: uuid.UUID) -> StoredRun | None:
+        """A tenant's posted run, or None."""
         rows = await self._fetch(
-            "SELECT object_key, size_bytes FROM runs WHERE tenant = %s AND id = %s AND posted",
+            f"SELECT {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = %s AND posted",
             (tenant, str(run_id)),
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        return stored_run(rows[0]) if rows else None
 
-    async def find_current(self, tenant: str, run_id: uuid.UUID) -> tuple[str, bool] | None:
-        """The object key of a run, posted or patched only, and whether it was posted; or None."""
+    async def find_current(self, tenant: str, run_id: uuid.UUID) -> StoredRun | None:
+        """A tenant's run, posted or patched only; or None."""
         rows = await self._fetch(
-            "SELECT object_key, posted FROM runs WHERE tenant = %s AND id = %s", (tenant, str(run_id))
+            f"SELECT {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = %s", (tenant, str(run_id))
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        return stored_run(rows[0]) if rows else None
 
     async def find_attachment(self, tenant: str, run_id: uuid.UUID, name: str) -> tuple[str, str, int] | None:
         """The object key, content type and size of a run's attachment, or None."""
@@ -371,11 +279,11 @@ class Database:
         if after is not None:
             where += " AND (coalesce(dotted_order, ''), id) > (%s, %s::uuid)"
             params += after
+        order = "ORDER BY coalesce(dotted_order, ''), id"
         rows = await self._fetch(
-            f"SELECT {_SUMMARY} FROM runs WHERE {where} ORDER BY coalesce(dotted_order, ''), id LIMIT %s",
-            (*params, limit),
+            f"SELECT {SUMMARY_COLUMNS} FROM runs WHERE {where} {order} LIMIT %s", (*params, limit)
         )
-        names = _SUMMARY.replace(" ", "").split(",")
+        names = SUMMARY_COLUMNS.replace(" ", "").split(",")
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     async def stored_keys(self, keys: Sequence[str]) -> set[str]:
@@ -386,6 +294,29 @@ class Database:
             (list(keys), list(keys)),
         )
         return {row[0] for row in rows}
+
+    async def segment_runs(self, key: str) -> list[tuple[str, uuid.UUID, int, int]]:
+        """The runs that point into a segment, in object order: (tenant, id, offset, size)."""
+        rows = await self._fetch(
+            "SELECT tenant, id, object_offset, size_bytes FROM runs"
+            " WHERE object_key = %s AND object_offset IS NOT NULL ORDER BY object_offset",
+            (key,),
+        )
+        return [(tenant, uuid.UUID(str(run_id)), offset, size) for tenant, run_id, offset, size in rows]
+
+    async def move_runs(self, old_key: str, new_key: str, moves: Sequence[tuple[uuid.UUID, int, int]]) -> int:
+        """Repoint runs from ``old_key`` to ``new_key`` in one transaction, each (id, old offset,
+        new offset) only if the run still points where it was: a patch meanwhile wins. Returns
+        how many moved."""
+        ids, old_offsets, new_offsets = columns(moves)
+        rows = await self._fetch(
+            "UPDATE runs AS r SET object_key = %s, object_offset = m.new_offset"
+            " FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[]) AS m(id, old_offset, new_offset)"
+            " WHERE r.id = m.id AND r.object_key = %s AND r.object_offset = m.old_offset"
+            " RETURNING r.id",
+            (new_key, ids, old_offsets, new_offsets, old_key),
+        )
+        return len(rows)
 
     async def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         try:

@@ -1,4 +1,4 @@
-"""Delete objects that no committed run points at.
+"""Delete objects that no committed run points at: segments and single objects alike.
 
 A batch uploads its runs before it writes their rows. A batch that fails deletes its objects,
 but a process killed mid-batch (or a failure of the delete itself, or an insert whose outcome
@@ -21,9 +21,12 @@ from handler.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Only keys that ingest.py makes (runs .json, attachments .bin) are considered: nothing else in the
-# bucket is touched.
-RUN_OBJECT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}/runs/[0-9a-f-]{36}/[0-9a-f]{32}\.(json|bin)")
+# Only keys that ingest.py and segments.py make (runs .json, attachments .bin, segments) are
+# considered: nothing else in the bucket is touched.
+RUN_OBJECT_KEY = re.compile(
+    r"[a-z0-9][a-z0-9_-]{0,62}/"
+    r"(runs/[0-9a-f-]{36}/[0-9a-f]{32}\.(json|bin)|segments/\d{4}-\d{2}-\d{2}/[0-9a-f]{32}\.json)"
+)
 
 
 async def collect_garbage(settings: Settings, grace_seconds: int, dry_run: bool = False) -> tuple[int, int]:

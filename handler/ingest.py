@@ -1,10 +1,13 @@
 """One ingesting request (a batch, a multipart body, a patch): objects are uploaded while the body
-streams in, rows are written at the end.
+streams in, rows are written at the end. Small runs are packed many to an object (segments.py),
+larger ones get their own; uploads.py keeps the books of what is in flight.
 
 All or nothing: until the rows are committed nothing is visible, and a request that fails deletes
 the objects it uploaded -- at once, or, when the database broke during the commit and cannot say
 whether it committed, as soon as it can (gc.py catches what a crash leaves). Nothing stored is
-ever overwritten: a patch writes a new object and the row is repointed in the same transaction.
+ever overwritten: a patch writes the run anew (into the request's segment, or a new object) and
+the row is repointed in the same transaction; the range it replaced in a segment is dead space
+until ``python -m handler compact`` rewrites the segment.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from handler.config import Settings
-from handler.db import Attachment, CommitUnknown, Database, PostedAfterPatch, Replacement, RunRow
+from handler.db import CommitUnknown, Database
 from handler.errors import RunError
 from handler.merge import build_object, merged, object_fields
-from handler.storage import ObjectStore
+from handler.rows import Attachment, PostedAfterPatch, Replacement, RunRow, StoredRun
+from handler.segments import Packer
+from handler.storage import Location, ObjectStore
 from handler.stream import REQUIRED, Run, RunPart, parse_run
+from handler.uploads import PartsUpload, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,6 @@ log = logging.getLogger(__name__)
 _SETTLING: set[asyncio.Task] = set()
 _SETTLE_EVERY_S = 2
 _SETTLE_FOR_S = 600
-_ABORT_WAIT_S = 10
 
 
 def run_object_key(tenant: str, run_id: uuid.UUID) -> str:
@@ -43,53 +46,12 @@ def attachment_object_key(tenant: str, run_id: uuid.UUID) -> str:
     return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.bin"
 
 
-@dataclass
-class PartsUpload:
-    """The object of a run too large to hold, uploaded in parts while the run arrives. Part 1 is
-    the run's head, sent when the run ends (its id may still have to be written into it)."""
-
-    key: str
-    upload_id: str
-    parts: list[dict] = field(default_factory=list)  # those uploaded
-    sending: list[asyncio.Task] = field(default_factory=list)  # every part's upload
-    next_number: int = 2
-    finished: bool = False
-
-
-class UploadWindow:
-    """Bounds the uploads in flight by count and bytes.
-
-    Waiting for room here is what makes ``data_received`` return a pending awaitable, so Tornado
-    stops reading the socket instead of buffering the body.
-    """
-
-    def __init__(self, max_count: int, max_bytes: int) -> None:
-        self.max_count = max_count
-        self.max_bytes = max_bytes
-        self.count = 0
-        self.bytes = 0
-        self._freed = asyncio.Event()
-
-    async def acquire(self, size: int) -> None:
-        # One upload always fits, so a run larger than the byte window still goes through.
-        while self.count and (self.count >= self.max_count or self.bytes + size > self.max_bytes):
-            self._freed.clear()
-            await self._freed.wait()
-        self.count += 1
-        self.bytes += size
-
-    def release(self, size: int) -> None:
-        self.count -= 1
-        self.bytes -= size
-        self._freed.set()
-
-
 class BatchIngest:
     """The runs, patches and attachments of one request, stored all or nothing.
 
-    Runs are uploaded as they arrive. A patch is merged into its run's current object (a new
-    object: nothing stored is ever overwritten) and the run is repointed at commit; a patch that
-    comes before its run's post is stored alone and the post is merged under it later.
+    Runs are uploaded as they arrive. A patch is merged into its run's current bytes and stored
+    anew (nothing stored is ever overwritten); the run is repointed at commit. A patch that comes
+    before its run's post is stored alone and the post is merged under it later.
     """
 
     def __init__(self, store: ObjectStore, db: Database, settings: Settings, tenant: str) -> None:
@@ -97,31 +59,35 @@ class BatchIngest:
         self._store = store
         self._db = db
         self._settings = settings
-        self._window = UploadWindow(settings.upload_concurrency, settings.upload_window_bytes)
+        self._uploads = Uploads(store, settings.upload_concurrency, settings.upload_window_bytes)
+        self._packer = (
+            Packer(self._uploads, tenant, settings.segment_bytes, settings.segment_max_wait_ms / 1000)
+            if settings.segment_bytes
+            else None
+        )
         self._rows: dict[uuid.UUID, RunRow] = {}  # runs new to the database
         self._replaced: dict[uuid.UUID, Replacement] = {}  # runs the database has, rewritten
         self._attachments: list[Attachment] = []
         self._index: dict[uuid.UUID, int] = {}  # where each run or patch was in the request
         self._posted: list[uuid.UUID] = []  # in request order
         self._patched: list[uuid.UUID] = []
-        self._uploads: dict[str, asyncio.Task] = {}  # key -> its upload, while it runs
-        self._keys: list[str] = []  # every object this request uploads: deleted if it fails
         self._in_parts: dict[int, PartsUpload] = {}  # by run index, while the run arrives
-        self._parts_uploads: list[PartsUpload] = []  # all of them: dropped if the request fails
-        self._superseded: list[str] = []  # objects no run points at once this request commits
-        self._failure: RunError | None = None
-        self._aborted = False
+        self._superseded: list[Location] = []  # what no run points at once this request commits
 
     @property
     def aborted(self) -> bool:
-        return self._aborted
+        return self._uploads.aborted
 
     @property
     def run_count(self) -> int:
         return len(self._rows) + len(self._replaced)
 
+    @property
+    def object_count(self) -> int:
+        return self._uploads.objects
+
     async def add_run(self, run: Run) -> None:
-        """A run to create; its upload starts now."""
+        """A run to create; its upload starts now (or when its segment is sealed)."""
         earlier = self._rows.get(run.id) or (self._replaced[run.id].row if run.id in self._replaced else None)
         if earlier is not None and earlier.posted:
             where = "is repeated in the batch" if run.id in self._rows else "already exists"
@@ -130,105 +96,78 @@ class BatchIngest:
         self._posted.append(run.id)
         if earlier is None:
             if run.parts:
-                key = await self._finish_in_parts(run)
+                location = await self._finish_in_parts(run)
             else:
-                key = await self._upload(run_object_key(self.tenant, run.id), run.body)
-            self._rows[run.id] = RunRow.of(run, key)
+                location = await self._store_run(run.id, run.body)
+            self._rows[run.id] = RunRow.of(run, location)
             return
         # Patches of this run came first, in this request: the post goes under them.
         post = run.body
         if run.parts:  # most of it is in S3 already: joined there, then read back
-            key = await self._finish_in_parts(run)
-            post = await self._read(key)
-            self._superseded.append(key)
-        row = await self._post_under_patches(post, earlier.object_key, f"run {run.index}")
+            location = await self._finish_in_parts(run)
+            post = await self._read(location, run.size)
+            self._superseded.append(location)
+        row = await self._post_under_patches(post, StoredRun.of(earlier), f"run {run.index}")
         if run.id in self._rows:
             self._rows[run.id] = row
         else:
             self._replaced[run.id] = self._replaced[run.id]._replace(row=row)
 
     async def add_part(self, part: RunPart) -> None:
-        """Bytes of a run too large to hold, uploaded now as a part of the run's object."""
+        """Bytes of a run too large to hold, uploaded now as a part of the run's own object."""
         upload = self._in_parts.get(part.run.index)
         if upload is None:
-            key = run_object_key(self.tenant, part.run.id)
-            upload = PartsUpload(key, await self._store.start_parts(key))
-            self._parts_uploads.append(upload)
-            if self._aborted:  # the request ended while the upload was being created
-                await self._drop_parts()
-                raise RunError(499, "batch aborted")
-            self._keys.append(key)
+            upload = await self._uploads.begin_parts(run_object_key(self.tenant, part.run.id))
             self._in_parts[part.run.index] = upload
-        await self._upload_part(upload, upload.next_number, part.data)
+        await self._uploads.put_part(upload, upload.next_number, part.data)
         upload.next_number += 1
 
-    async def _finish_in_parts(self, run: Run) -> str:
+    async def _finish_in_parts(self, run: Run) -> Location:
         """The run has ended: send its head and its last bytes, then join the parts."""
         upload = self._in_parts.pop(run.index)
-        await self._upload_part(upload, 1, run.head)
-        await self._upload_part(upload, upload.next_number, run.body)
-
-        async def finish() -> None:
-            await asyncio.wait(upload.sending)
-            if self._failure is None:
-                await self._store.finish_parts(upload.key, upload.upload_id, upload.parts)
-                upload.finished = True
-
-        await self._start(upload.key, 0, finish)
-        return upload.key
-
-    async def _upload_part(self, upload: PartsUpload, number: int, data: bytes) -> None:
-        async def put() -> None:
-            upload.parts.append(await self._store.put_part(upload.key, upload.upload_id, number, data))
-
-        upload.sending.append(await self._start(f"{upload.key}#{number}", len(data), put))
-
-    async def _drop_parts(self) -> None:
-        for upload in self._parts_uploads:
-            if not upload.finished:
-                try:
-                    await self._store.drop_parts(upload.key, upload.upload_id)
-                except RunError as e:
-                    log.error("could not drop an upload in parts (gc drops it): %s", e.reason)
+        await self._uploads.put_part(upload, 1, run.head)
+        await self._uploads.put_part(upload, upload.next_number, run.body)
+        await self._uploads.finish_parts(upload, run.size)
+        return Location(upload.key)
 
     async def add_patch(self, run_id: uuid.UUID, patch: bytes, index: int) -> None:
         """Fields to set on a run (given as a checked JSON object); nulls mean "not given"."""
         updates = [(k, raw) for k, raw in object_fields(patch) if raw != "null" and k != "id"]
         label = f"patch {index} of run {run_id}"
         if run_id in self._rows:
-            base_key, old_key, posted = self._rows[run_id].object_key, None, self._rows[run_id].posted
+            base, old = StoredRun.of(self._rows[run_id]), None
         elif run_id in self._replaced:
             previous = self._replaced[run_id]
-            base_key, old_key, posted = previous.row.object_key, previous.old_key, previous.row.posted
+            base, old = StoredRun.of(previous.row), previous.old
         else:
             found = await self._db.find_current(self.tenant, run_id)
             if found is None:  # the patch came first: stored alone until the post comes
                 body = build_object([("id", json.dumps(str(run_id))), *updates])
                 run = self._parse(body, label, posted=False)
                 self._index.setdefault(run_id, index)
-                key = await self._upload(run_object_key(self.tenant, run_id), run.body)
-                self._rows[run_id] = RunRow.of(run, key, posted=False)
+                location = await self._store_run(run_id, run.body)
+                self._rows[run_id] = RunRow.of(run, location, posted=False)
                 self._patched.append(run_id)
                 return
-            base_key, posted = found
-            old_key = base_key
-        base = object_fields(await self._read(base_key))
-        run = self._parse(merged(base, updates), label, posted)
-        trace_id = dict(base).get("trace_id")
+            base, old = found, found.location
+        fields = object_fields(await self._read(base.location, base.size))
+        run = self._parse(merged(fields, updates), label, base.posted)
+        trace_id = dict(fields).get("trace_id")
         if trace_id is not None and uuid.UUID(json.loads(trace_id)) != run.trace_id:
             raise RunError(400, f"{label}: trace_id of a run cannot change", index)
         self._index.setdefault(run_id, index)
-        key = await self._upload(run_object_key(self.tenant, run_id), run.body)
-        self._superseded.append(base_key)
-        row = RunRow.of(run, key, posted)
-        if old_key is None:
+        location = await self._store_run(run_id, run.body)
+        self._superseded.append(base.location)
+        row = RunRow.of(run, location, base.posted)
+        if old is None:
             self._rows[run_id] = row
         else:
-            self._replaced[run_id] = Replacement(row, old_key)
+            self._replaced[run_id] = Replacement(row, old)
         self._patched.append(run_id)
 
     async def add_attachment(self, run_id: uuid.UUID, name: str, content_type: str, data: bytes) -> None:
-        key = await self._upload(attachment_object_key(self.tenant, run_id), data, content_type)
+        key = attachment_object_key(self.tenant, run_id)
+        await self._uploads.put(key, data, "attachment", content_type)
         self._attachments.append(Attachment(run_id, name, key, content_type, len(data)))
 
     async def commit(self) -> dict[str, list[str]]:
@@ -242,19 +181,16 @@ class BatchIngest:
             await self._merge_posts_under_patches(e.patches)
             await self._wait_uploads()
             await self._write()
-        if self._superseded:
-            await self._delete(self._superseded)
+        await self._drop_superseded()
         return {
             "ids": [str(i) for i in self._posted],
             "patched": [str(i) for i in dict.fromkeys(self._patched)],
         }
 
     async def _wait_uploads(self) -> None:
-        if self._uploads:
-            await asyncio.wait(list(self._uploads.values()))
-        self._raise_failure()
-        if self._aborted:  # never write rows for objects that abort() deleted
-            raise RunError(499, "batch aborted")
+        if self._packer is not None:
+            await self._packer.flush()
+        await self._uploads.wait_all()
 
     async def _write(self) -> None:
         try:
@@ -267,26 +203,25 @@ class BatchIngest:
                 raise RunError(e.status, f"run {index}: {e.reason}", index) from e
             raise
 
-    async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, str]) -> None:
+    async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, StoredRun]) -> None:
         """Runs posted now whose patches were stored by earlier requests."""
-        for run_id, patch_key in patches.items():
+        for run_id, stored_patches in patches.items():
             posted = self._rows.pop(run_id)
-            row = await self._post_under_patches(
-                await self._read(posted.object_key), patch_key, f"run {run_id}"
-            )
-            self._superseded.append(posted.object_key)
-            self._replaced[run_id] = Replacement(row, patch_key)
+            post = await self._read(posted.location, posted.size_bytes)
+            row = await self._post_under_patches(post, stored_patches, f"run {run_id}")
+            self._superseded.append(posted.location)
+            self._replaced[run_id] = Replacement(row, stored_patches.location)
 
-    async def _post_under_patches(self, post: bytes, patches_key: str, label: str) -> RunRow:
-        """A run's post merged with the patches stored before it (their fields win), uploaded."""
-        updates = object_fields(await self._read(patches_key))
+    async def _post_under_patches(self, post: bytes, patches: StoredRun, label: str) -> RunRow:
+        """A run's post merged with the patches stored before it (their fields win), stored."""
+        updates = object_fields(await self._read(patches.location, patches.size))
         fields = object_fields(post)
         run = self._parse(merged(fields, updates), label)
         if uuid.UUID(json.loads(dict(fields)["trace_id"])) != run.trace_id:
             raise RunError(400, f"{label}: a patch sent before it gave the run another trace_id")
-        key = await self._upload(run_object_key(self.tenant, run.id), run.body)
-        self._superseded.append(patches_key)
-        return RunRow.of(run, key)
+        location = await self._store_run(run.id, run.body)
+        self._superseded.append(patches.location)
+        return RunRow.of(run, location)
 
     def _parse(self, body: bytes, label: str, posted: bool = True) -> Run:
         s = self._settings
@@ -294,102 +229,76 @@ class BatchIngest:
 
     async def abort(self, error: BaseException | None = None) -> None:
         """Stop the uploads and delete every object this batch may have written."""
-        if self._aborted:
+        if self._uploads.aborted:
             return
-        self._aborted = True
-        if self._uploads:
-            # Let the PUTs in flight end rather than cut them: a PUT whose body the server already
-            # has may still be stored after our delete. Only one that hangs is cut (gc removes
-            # its object if it lands after all).
-            _, hung = await asyncio.wait(list(self._uploads.values()), timeout=_ABORT_WAIT_S)
-            for task in hung:
-                task.cancel()
-            if hung:
-                log.warning("cut %d uploads that did not end in %d s", len(hung), _ABORT_WAIT_S)
-                await asyncio.wait(hung)
-        await self._drop_parts()
+        if self._packer is not None:
+            self._packer.close()
+        await self._uploads.abort()
         if isinstance(error, CommitUnknown):
-            log.error("commit outcome unknown; settling %d objects in the background", len(self._keys))
+            log.error("commit outcome unknown; settling %d objects in the background", self.object_count)
             task = asyncio.create_task(self._settle_later(error.backend))
             _SETTLING.add(task)
             task.add_done_callback(_SETTLING.discard)
             return
-        await self._delete(self._keys)
-
-    async def _delete(self, keys: list[str]) -> None:
-        if not keys:
-            return
-        try:
-            await self._store.delete(keys)
-        except RunError as e:
-            log.error("could not delete %d objects (gc removes them): %s", len(keys), e.reason)
+        await self._uploads.delete(self._uploads.keys)
 
     async def _settle_later(self, backend: tuple[int, int]) -> None:
         """Once the database answers again: delete what the request wrote if it did not commit,
         or what it replaced if it did."""
-        keys = [r.object_key for r in self._rows.values()] + [
-            r.row.object_key for r in self._replaced.values()
-        ]
+        rows = [*self._rows.values(), *(r.row for r in self._replaced.values())]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _SETTLE_FOR_S
         while loop.time() < deadline:
             await asyncio.sleep(_SETTLE_EVERY_S)
             try:
-                found = await self._db.count_committed(keys, backend)
+                found = await self._db.count_committed([r.object_key for r in rows], backend)
             except Exception as e:  # the database is still away: try again
                 log.debug("settling: %s", e)
                 continue
             if found == 0:
-                await self._delete(self._keys)
-                log.info("settled: the batch had not committed; %d objects deleted", len(self._keys))
+                await self._uploads.delete(self._uploads.keys)
+                log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
             else:
-                await self._delete(self._superseded)
-                log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
+                await self._drop_superseded()
+                log.warning("settled: the batch had committed (%d of %d rows)", found, len(rows))
             return
         log.error(
             "could not settle %d runs in %d s; gc will remove their objects if unused",
-            len(keys),
+            len(rows),
             _SETTLE_FOR_S,
         )
 
-    async def _upload(self, key: str, body: bytes, content_type: str = "application/json") -> str:
-        """Start uploading ``body`` under ``key`` once the window has room; returns the key."""
-        # Recorded before the upload starts, so abort() deletes it even if the upload is cut short.
-        self._keys.append(key)
-        await self._start(key, len(body), lambda: self._store.put(key, body, content_type))
-        return key
+    async def _drop_superseded(self) -> None:
+        """Once committed: delete the objects that held only what this request replaced -- a run's
+        own object, or a segment no run points into any more (the rest stay for their live runs,
+        and compaction reclaims their dead ranges)."""
+        whole = {location.key for location in self._superseded if location.offset is None}
+        segments = {location.key for location in self._superseded if location.offset is not None}
+        if segments:
+            try:
+                segments -= await self._db.stored_keys(sorted(segments))
+            except RunError as e:
+                log.warning(
+                    "could not check %d segments for live runs (gc will): %s", len(segments), e.reason
+                )
+                segments = set()
+        await self._uploads.delete(sorted(whole | segments))
 
-    async def _start(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> asyncio.Task:
-        """Run ``send`` (an upload of ``size`` bytes) as a task, named so that commit, abort and
-        ``_read`` can wait for it, once the window has room; returns the task."""
-        await self._window.acquire(size)
-        if self._aborted:  # the request ended while we waited for room
-            self._window.release(size)
-            raise RunError(499, "batch aborted")
-        task = asyncio.create_task(self._send(name, size, send))
-        self._uploads[name] = task
-        task.add_done_callback(lambda _: self._uploads.pop(name, None))
-        return task
+    async def _store_run(self, run_id: uuid.UUID, body: bytes) -> Location:
+        """Upload a run's bytes: packed into the request's segment when it is small, else as its
+        own object. Returns where they will be."""
+        if self._packer is not None and len(body) <= self._settings.pack_max_run_bytes:
+            return await self._packer.add(body)
+        key = run_object_key(self.tenant, run_id)
+        await self._uploads.put(key, body, "run")
+        return Location(key)
 
-    async def _send(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await send()
-        except RunError as e:
-            self._failure = self._failure or e
-        except Exception as e:  # a bug must still fail the batch, not vanish in a task
-            log.exception("upload of %s failed", name)
-            self._failure = self._failure or RunError(503, f"upload failed: {e}")
-        finally:
-            self._window.release(size)
-
-    async def _read(self, key: str) -> bytes:
-        """A whole object: a run being patched (bounded by the run size limit)."""
-        upload = self._uploads.get(key)
-        if upload is not None:
-            await asyncio.wait([upload])
-        self._raise_failure()
-        return b"".join([chunk async for chunk in self._store.read(key)])
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+    async def _read(self, location: Location, size: int) -> bytes:
+        """A run's stored bytes (a run being patched: bounded by the run size limit), from the open
+        segment if it is still here, else from S3 once its upload has ended."""
+        if self._packer is not None:
+            data = self._packer.read(location, size)
+            if data is not None:
+                return data
+        await self._uploads.wait(location.key)
+        return await self._store.read_all(location, size)

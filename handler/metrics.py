@@ -55,3 +55,19 @@ OBJECT_CACHE_READS = Counter(
     registry=REGISTRY,
 )
 """Whether OBJECT_CACHE_BYTES is sized for the runs clients read again."""
+
+OBJECTS_WRITTEN = Counter(
+    "run_handler_objects_written_total",
+    "Objects stored in S3, by kind: segment (many small runs), run (one large run), attachment.",
+    ["kind"],
+    registry=REGISTRY,
+)
+"""Each PUT is a billed request on S3: with segments this grows with bytes, not with runs."""
+
+OBJECT_BYTES = Histogram(
+    "run_handler_object_bytes",
+    "Size of each object stored in S3.",
+    buckets=(1024, 16 * 1024, 64 * 1024, 256 * 1024, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20),
+    registry=REGISTRY,
+)
+"""Whether segments fill up (SEGMENT_BYTES) or are sealed early by SEGMENT_MAX_WAIT_MS."""

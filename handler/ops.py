@@ -112,6 +112,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if body_bytes is None:
         body_bytes = len(request.body or b"")
     runs = getattr(handler, "run_count", 0)
+    objects = getattr(handler, "object_count", 0)
     if status < 400:
         level = logging.INFO
     elif status < 500:
@@ -120,12 +121,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.ERROR
     access_log.log(
         level,
-        "%s %s %d bytes=%d runs=%d duration_ms=%.1f",
+        "%s %s %d bytes=%d runs=%d objects=%d duration_ms=%.1f",
         _safe(request.method or "-"),
         _safe(request.path or "-"),
         status,
         body_bytes,
         runs,
+        objects,
         1000.0 * request.request_time(),
     )
     method = request.method if request.method in _KNOWN_METHODS else "other"

@@ -1,4 +1,5 @@
-"""Object storage: one S3 object per run.
+"""Object storage: runs in S3 objects, many small ones to a segment (segments.py) or one large run
+to its own object, read back whole or as the byte range of one run.
 
 aiobotocore is the S3 library: it makes the bucket, delete and multipart-upload calls, and
 botocore's SigV4 signer signs everything. The hot calls, PUT and GET of a run and PUT of a part, go
@@ -19,6 +20,7 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
+from typing import NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -53,6 +55,14 @@ class S3Error(Exception):
         self.code = code.group(1).decode(errors="replace") if code else f"HTTP {status}"
         self.message = message.group(1).decode(errors="replace") if message else ""
         super().__init__(f"{self.code}: {self.message}" if self.message else self.code)
+
+
+class Location(NamedTuple):
+    """Where a run's bytes are: a whole object (``offset`` None), or the range of a segment that
+    starts at ``offset`` (its length is the run's size)."""
+
+    key: str
+    offset: int | None = None
 
 
 def storage_error(action: str, error: Exception) -> RunError:
@@ -220,28 +230,40 @@ class ObjectStore:
         async for page in paginator.paginate(Bucket=self.bucket):
             yield page.get("Contents", [])
 
-    async def read(self, key: str) -> AsyncIterator[bytes]:
-        """Yield the object's bytes: an object small enough for the cache (see cache.py) whole,
-        from there or read once and kept; a larger one in chunks, never held whole."""
-        cached = self._cache.get(key)
+    async def read(self, key: str, offset: int | None = None, size: int = 0) -> AsyncIterator[bytes]:
+        """Yield the object's bytes, or with ``offset`` the ``size`` bytes from there (one run of a
+        segment): small enough for the cache (see cache.py), whole, from there or read once and
+        kept; larger, in chunks, never held whole. A range answered with anything but exactly its
+        bytes is an error (503), never a wrong body."""
+        cache_key = key if offset is None else f"{key}@{offset}"
+        cached = self._cache.get(cache_key)
         if cached is not None:
             yield cached
             return
         url = self.signed_url("GET", key)
+        span = None if offset is None else f"{offset}-{offset + size - 1}"
         try:
-            async with self._http.get(url) as response:
-                if response.status != 200:
+            async with self._http.get(url, headers={"Range": f"bytes={span}"} if span else {}) as response:
+                if response.status != (206 if span else 200):
                     raise S3Error(response.status, await response.read())
-                size = response.content_length
-                if size is not None and size <= self._cache.max_item_bytes:
+                length = response.content_length
+                answered = response.headers.get("Content-Range", "")
+                if span and (length != size or not answered.startswith(f"bytes {span}/")):
+                    wrong = f"asked for bytes {span}, got {length} bytes ({answered or 'no range'})"
+                    raise storage_error("get", ValueError(wrong))
+                if length is not None and length <= self._cache.max_item_bytes:
                     data = await response.read()
-                    self._cache.put(key, data)
+                    self._cache.put(cache_key, data)
                     yield data
                     return
                 async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
                     yield chunk
         except (TimeoutError, S3Error, aiohttp.ClientError, OSError) as e:
             raise storage_error("get", e) from e
+
+    async def read_all(self, location: Location, size: int) -> bytes:
+        """One run's bytes, whole (a run being patched: bounded by the run size limit)."""
+        return b"".join([chunk async for chunk in self.read(location.key, location.offset, size)])
 
     async def ping(self) -> None:
         """HEAD the bucket, for GET /ready: the server answers and our credentials reach the bucket."""

@@ -29,14 +29,19 @@ class HttpClient:
         return conn
 
     def start_post(
-        self, path: str = "/runs", content_type: str = "application/json", headers: dict | None = None
+        self,
+        path: str = "/runs",
+        content_type: str = "application/json",
+        headers: dict | None = None,
+        method: str = "POST",
     ) -> http.client.HTTPConnection:
-        """Send the request line and headers of a chunked POST; the caller sends the chunks."""
+        """Send the request line and headers of a chunked POST (or ``method``); the caller sends
+        the chunks."""
         headers = {"Content-Type": content_type, **(headers or {})}
         if "Content-Length" not in headers:
             headers["Transfer-Encoding"] = "chunked"
         conn = self.connect()
-        conn.putrequest("POST", path)
+        conn.putrequest(method, path)
         for name, value in headers.items():
             conn.putheader(name, value)
         conn.endheaders()
@@ -67,11 +72,12 @@ class HttpClient:
         path: str = "/runs",
         content_type: str = "application/json",
         headers: dict | None = None,
+        method: str = "POST",
     ) -> Response:
         """POST a body, chunked transfer encoding, one HTTP chunk per item of ``chunks``."""
         if isinstance(chunks, bytes):
             chunks = [chunks]
-        conn = self.start_post(path, content_type, headers)
+        conn = self.start_post(path, content_type, headers, method)
         try:
             for chunk in chunks:
                 if chunk:
@@ -79,6 +85,9 @@ class HttpClient:
         except OSError:
             pass  # the server answered early and closed; read that answer
         return self.finish(conn)
+
+    def patch(self, path: str, body: bytes) -> Response:
+        return self.post(body, path, method="PATCH")
 
     def post_with_length(self, body: bytes, headers: dict | None = None) -> Response:
         """POST with Content-Length instead of chunking."""

@@ -9,6 +9,7 @@ database and the bucket directly.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 
@@ -98,6 +99,17 @@ class Store:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
             keys.update(o["Key"] for o in page.get("Contents", []))
         return keys
+
+    def runs_in(self, keys: set[str]) -> int:
+        """How many runs these objects hold: a segment (a JSON array) one per element, any other
+        object one."""
+        count = 0
+        for key in keys:
+            if "/segments/" in key:
+                count += len(json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
+            else:
+                count += 1
+        return count
 
     def row_ids(self) -> set[str]:
         with self.db.cursor() as cur:

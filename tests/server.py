@@ -14,6 +14,19 @@ from handler.config import REPO_ROOT, Settings
 from tests.client import HttpClient
 
 
+def run_handler(*args: str) -> str:
+    """Run ``python -m handler ARGS`` with the test settings to its end; returns what it logged."""
+    result = subprocess.run(
+        [sys.executable, "-m", "handler", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "RUN_HANDLER_ENV": "test"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
@@ -19,7 +18,7 @@ import pytest
 
 from handler.config import MIN_PART_BYTES, REPO_ROOT
 from tests.runs import batch, run, split
-from tests.server import start_server
+from tests.server import run_handler, start_server
 
 SERVICES = REPO_ROOT / "scripts" / "services.sh"
 
@@ -56,7 +55,7 @@ def send_first_half(srv, store, runs: list[dict]):
     conn = srv.client.start_post()
     srv.client.send_chunk(conn, body_parts(runs)[0])
     half = len(runs) // 2
-    assert wait_for(lambda: len(store.keys() - keys_before) == half), "first half not uploaded"
+    assert wait_for(lambda: store.runs_in(store.keys() - keys_before) == half), "first half not uploaded"
     return conn
 
 
@@ -76,15 +75,7 @@ def row_count(db, ids: list[str]) -> int:
 
 
 def gc(grace_seconds: int) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "handler", "gc", "--grace-seconds", str(grace_seconds)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "RUN_HANDLER_ENV": "test"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stderr
+    return run_handler("gc", "--grace-seconds", str(grace_seconds))
 
 
 def test_minio_stopped_mid_batch_is_503_then_retry_succeeds_and_gc_cleans(tmp_path, store, db):
@@ -96,7 +87,7 @@ def test_minio_stopped_mid_batch_is_503_then_retry_succeeds_and_gc_cleans(tmp_pa
     try:
         conn = srv.client.start_post()
         srv.client.send_chunk(conn, first)
-        assert wait_for(lambda: len(store.keys() - keys_before) >= 10), "first half not uploaded"
+        assert wait_for(lambda: store.runs_in(store.keys() - keys_before) >= 10), "first half not uploaded"
         services("stop-minio")
         try:
             srv.client.send_chunk(conn, rest)
@@ -113,9 +104,9 @@ def test_minio_stopped_mid_batch_is_503_then_retry_succeeds_and_gc_cleans(tmp_pa
         assert response.json()["ids"] == ids
         stored = {srv.client.get(f"/runs/{i}").body for i in ids}
         leftovers = store.keys() - keys_before
-        assert len(leftovers) > 20, "expected the failed attempt's objects to be left for gc"
+        assert store.runs_in(leftovers) > 20, "expected the failed attempt's objects to be left for gc"
         gc(grace_seconds=0)
-        assert len(store.keys() - keys_before) == 20
+        assert store.runs_in(store.keys() - keys_before) == 20
         assert {srv.client.get(f"/runs/{i}").body for i in ids} == stored  # gc kept every stored run
     finally:
         srv.stop()
@@ -129,7 +120,7 @@ def test_postgres_stopped_before_commit_is_503_and_objects_removed(tmp_path, sto
     try:
         conn = srv.client.start_post()
         srv.client.send_chunk(conn, batch(*runs))  # the whole array, but not the end of the body
-        assert wait_for(lambda: len(store.keys() - before[1]) == 10), "runs not uploaded"
+        assert wait_for(lambda: store.runs_in(store.keys() - before[1]) == 10), "runs not uploaded"
         services("stop-postgres")
         try:
             response = srv.client.finish(conn)
@@ -184,7 +175,7 @@ def test_kill_9_mid_batch_leaves_no_visible_run_and_gc_removes_the_rest(tmp_path
     srv.process.wait()
     conn.close()
     leftovers = store.keys() - before[1]
-    assert len(leftovers) == 5 and row_count(db, [r["id"] for r in runs]) == 0
+    assert store.runs_in(leftovers) == 5 and row_count(db, [r["id"] for r in runs]) == 0
     restarted = start_server(tmp_path, "kill9-restarted")
     try:
         for r in runs:

@@ -339,9 +339,10 @@ def flip_all(client, store, base: bytes, bits: tuple[int, ...]) -> None:
         # Exactly the stored flips' runs were added, once the refused batches' objects are deleted.
         rows = store.row_ids()
         assert committed <= rows, "rows missing for stored runs"
-        after = (before[0] | committed, before[1] | object_keys(store, committed))
-        assert len(after[1]) == len(before[1]) + len(committed), "stored runs share or lack objects"
-        store.assert_unchanged(after, timeout=10)
+        stored_in = object_keys(store, committed)
+        assert stored_in <= store.keys(), "stored runs point at objects that do not exist"
+        assert not stored_in & before[1], "stored runs point at objects of earlier requests"
+        store.assert_unchanged((before[0] | committed, before[1] | stored_in), timeout=10)
     finally:
         forget(store, committed)
 

@@ -82,6 +82,8 @@ def test_metrics_are_exposed_with_their_types(server):
         "run_handler_upload_seconds": "histogram",
         "run_handler_batches_in_flight": "gauge",
         "run_handler_object_cache_reads": "counter",
+        "run_handler_objects_written": "counter",
+        "run_handler_object_bytes": "histogram",
     }
 
 
@@ -127,7 +129,8 @@ def test_one_access_log_line_per_request(server):
     assert server.client.get(f"{path}?token={secret}").status == 404
     line = wait_for_log(server, re.escape(path))
     assert re.search(
-        rf"WARNING handler\.access: GET {re.escape(path)} 404 bytes=0 runs=0 duration_ms=\d+\.\d$", line
+        rf"WARNING handler\.access: GET {re.escape(path)} 404 bytes=0 runs=0 objects=0 duration_ms=\d+\.\d$",
+        line,
     )
     with open(server.log_path) as log:
         text = log.read()
@@ -140,13 +143,17 @@ def test_access_log_counts_request_body_bytes(server):
     body = b"x" * 1234
     response = server.client.post(body, path=f"/health?{marker}")  # /health takes only GET
     assert response.status == 405
-    wait_for_log(server, r"WARNING handler\.access: POST /health 405 bytes=1234 runs=0 duration_ms=")
+    wait_for_log(
+        server, r"WARNING handler\.access: POST /health 405 bytes=1234 runs=0 objects=0 duration_ms="
+    )
 
 
 def test_success_is_logged_at_info(server):
     (run_id,) = server.client.post(batch(run())).json()["ids"]
     assert server.client.get(f"/runs/{run_id}").status == 200
-    wait_for_log(server, rf"INFO handler\.access: GET /runs/{run_id} 200 bytes=0 runs=0 duration_ms=")
+    wait_for_log(
+        server, rf"INFO handler\.access: GET /runs/{run_id} 200 bytes=0 runs=0 objects=0 duration_ms="
+    )
 
 
 # --- /ready when a dependency fails -------------------------------------------------------------
