@@ -11,7 +11,7 @@ TEST_ENV := RUN_HANDLER_ENV=test
         db-downgrade gc compact server test-setup test benchmark memprofile load lint lint-fix format clean
 
 help:
-	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on :8000"
+	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
 	@echo "make test          install, start services, reset the test database and bucket, run pytest"
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"

@@ -17,6 +17,7 @@ from handler.compact import compact
 from handler.config import Settings, env_file
 from handler.db import Database
 from handler.gc import collect_garbage
+from handler.listen import bind, check_exposure, urls
 from handler.migrations import migrate, rollback_last
 from handler.storage import ObjectStore
 
@@ -42,10 +43,15 @@ async def serve(settings: Settings) -> None:
         server = tornado.httpserver.HTTPServer(
             make_app(settings, store, db, in_flight), idle_connection_timeout=300
         )
-        server.listen(settings.http_port)
+        try:
+            sockets = bind(settings)
+        except OSError as e:
+            where = f"{settings.http_host}:{settings.http_port}"
+            raise SystemExit(f"run-handler: cannot listen on {where}: {e}") from None
+        server.add_sockets(sockets)
         log.info(
-            "run-handler listening on http://localhost:%d (bucket %s, database %s)",
-            settings.http_port,
+            "run-handler listening on %s (bucket %s, database %s)",
+            urls(sockets),
             settings.s3_bucket_name,
             settings.db_name,
         )
@@ -100,6 +106,8 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    if args.command in (None, "serve"):
+        check_exposure(settings)  # before migrations, before anything listens
     log.info("settings from the environment and %s", env_file())
     if args.command == "rollback":
         log.info("rolled back %d migration(s)", rollback_last(settings))

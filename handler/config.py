@@ -12,6 +12,7 @@ from handler.auth import ApiKeys
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB
+DEFAULT_HTTP_HOST = "localhost"  # 127.0.0.1 and ::1, see handler/listen.py
 
 
 def env_file() -> Path:
@@ -46,6 +47,8 @@ class Settings:
     s3_bucket_name: str
     s3_region: str
     http_port: int
+    http_host: str
+    open_access: bool
     max_body_bytes: int
     max_run_bytes: int
     max_runs_per_batch: int
@@ -80,6 +83,10 @@ class Settings:
             except ValueError:
                 raise SystemExit(f"run-handler: {name} must be an integer, got {raw!r}") from None
 
+        open_access = get("OPEN_ACCESS", "false").lower()
+        if open_access not in ("true", "false"):
+            raise SystemExit(f"run-handler: OPEN_ACCESS must be true or false, got {open_access!r}")
+
         stream_part_bytes = get_int("STREAM_PART_BYTES", 8 * MIB)
         if stream_part_bytes and stream_part_bytes < MIN_PART_BYTES:
             # S3 refuses parts under 5 MiB (all but the last).
@@ -106,6 +113,8 @@ class Settings:
             s3_bucket_name=get("S3_BUCKET_NAME", "runs"),
             s3_region=get("S3_REGION", "us-east-1"),
             http_port=get_int("HTTP_PORT", 8000),
+            http_host=get("HTTP_HOST", DEFAULT_HTTP_HOST),
+            open_access=open_access == "true",
             max_body_bytes=get_int("MAX_BODY_BYTES", 4096 * MIB),
             max_run_bytes=get_int("MAX_RUN_BYTES", 100 * MIB),
             max_runs_per_batch=get_int("MAX_RUNS_PER_BATCH", 100_000),
