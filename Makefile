@@ -8,11 +8,12 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup test benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup test fuzz benchmark memprofile load lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
 	@echo "make test          install, start services, reset the test database and bucket, run pytest"
+	@echo "make fuzz         property tests unseeded and longer, then atheris on the splitter (SEED= to replay)"
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
@@ -67,6 +68,24 @@ test-setup: install
 
 test: test-setup
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# New cases, not CI: the splitter's property tests (pytest -m property) on Hypothesis's "fuzz"
+# profile, FUZZ_EXAMPLES examples each from a random seed (printed first, and again on a failure;
+# SEED=<n> replays it), then FUZZ_SECONDS of coverage-guided atheris (libFuzzer, same seed). Needs
+# no services. atheris is installed here only, not in the extras.
+FUZZ_EXAMPLES ?= 3000
+FUZZ_SECONDS ?= 120
+fuzz: install
+	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/python -m pip install -q atheris
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "make fuzz: seed $$seed (replay: make fuzz SEED=$$seed)"; \
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(TEST_ENV) $(BIN)/python -m pytest tests/test_hostile_input.py -m property \
+		-p no:cacheprovider --hypothesis-profile=fuzz --hypothesis-seed=$$seed -q \
+		|| { echo "make fuzz: property tests failed with seed $$seed (replay: make fuzz SEED=$$seed)"; exit 1; }; \
+	mkdir -p .fuzz-corpus; \
+	$(BIN)/python tests/fuzz_splitter.py -seed=$$seed -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+		-artifact_prefix=.fuzz-corpus/crash- .fuzz-corpus \
+		|| { echo "make fuzz: atheris found a crash with seed $$seed (its input: .fuzz-corpus/crash-*)"; exit 1; }
 
 # Saves under .benchmarks/ and compares with the previous save (none the first time).
 benchmark: test-setup

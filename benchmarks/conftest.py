@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
 import pytest
 
-from handler.config import REPO_ROOT, Settings
+from benchmarks.cpu import CpuMeter, summary_lines
+from handler.config import Settings
 from handler.db import Database
 from handler.storage import ObjectStore
 from tests.server import start_server
@@ -21,50 +21,7 @@ if os.environ.get("RUN_HANDLER_ENV") != "test":
 
 _medians: dict[str, float] = {}
 _sizes: dict[str, tuple[int, int]] = {}  # name -> (bytes, runs) moved per round
-_cpu: dict[str, dict[str, float]] = {}  # name -> CPU seconds per round by process
-_TICKS = os.sysconf("SC_CLK_TCK")
-MINIO_PID_FILE = REPO_ROOT / ".services" / "minio" / "minio.pid"
-
-
-def process_cpu(pid: int | str) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def machine_cpu() -> float:
-    """CPU seconds all cores of the machine have been busy so far (not idle, not waiting on I/O)."""
-    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICKS
-
-
-class CpuMeter:
-    """Where the CPU of each timed round goes: this process (the client, or the floor's uploader),
-    the server, MinIO, and the whole machine (the rest is mostly PostgreSQL). The machine has two
-    cores shared by all of them, so these explain a wall time better than any one process does."""
-
-    def __init__(self, server_pid: int | None) -> None:
-        self.pids = {"client": "self", "minio": MINIO_PID_FILE.read_text().strip()}
-        if server_pid is not None:
-            self.pids["server"] = server_pid
-        self.used = dict.fromkeys([*self.pids, "machine"], 0.0)
-        self.rounds = 0
-
-    def _now(self) -> dict[str, float]:
-        now = {name: process_cpu(pid) for name, pid in self.pids.items()}
-        return now | {"machine": machine_cpu()}
-
-    def __enter__(self) -> CpuMeter:
-        self._start = self._now()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, value in self._now().items():
-            self.used[name] += value - self._start[name]
-        self.rounds += 1
-
-    def per_round(self) -> dict[str, float]:
-        return {name: used / self.rounds for name, used in self.used.items()}
+_cpu: dict[str, dict[str, float | None]] = {}  # name -> CPU seconds per round by process
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +60,7 @@ def record(name: str, benchmark, nbytes: int, nruns: int, cpu: CpuMeter | None =
     benchmark.extra_info.update(bytes=nbytes, runs=nruns)
     if cpu is not None:
         benchmark.extra_info["cpu_per_round"] = _cpu[name] = cpu.per_round()
+        benchmark.extra_info["cpu_not_measured"] = cpu.not_measured
     _medians[name] = benchmark.stats.stats.median
     _sizes[name] = (nbytes, nruns)
 
@@ -135,12 +93,5 @@ def pytest_terminal_summary(terminalreporter):
             f"ratio {ratio:>5}   {row['mb_per_s']:8.1f} MB/s   {row['runs_per_s']:9.1f} runs/s"
         )
     terminalreporter.section("CPU ms per round (two cores: cores busy = machine CPU / median)")
-    for name, used in sorted(_cpu.items()):
-        shares = "   ".join(
-            f"{who} {used[who] * 1000:8.1f}" if who in used else f"{who} {'-':>8}"
-            for who in ("client", "server", "minio")
-        )
-        terminalreporter.write_line(
-            f"{name:<24} {shares}   machine {used['machine'] * 1000:8.1f}   "
-            f"cores busy {used['machine'] / _medians[name]:4.2f}"
-        )
+    for line in summary_lines(_cpu, _medians):
+        terminalreporter.write_line(line)

@@ -82,29 +82,38 @@ def table(data: list[dict]) -> str:
 
 
 def cpu_table(save: dict) -> str:
-    """CPU ms per round by process, for every benchmark that measured it (benchmarks/conftest.py)."""
+    """CPU ms per round by process, for every benchmark that measured it (benchmarks/cpu.py); "n/a"
+    for a service whose processes were not visible, with the reason once under the table."""
     lines = [
-        "| benchmark | median ms | client | server | MinIO | rest (mostly PostgreSQL) | machine "
-        "| cores busy |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| benchmark | median ms | client | server | MinIO | PostgreSQL | rest | machine | cores busy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    reasons: dict[str, str] = {}
 
     def order(b: dict) -> tuple[str, bool]:  # each benchmark, then its floor
         name = b["name"].removeprefix("floor_")
         return name.removeprefix("create_batch_runs_"), name != b["name"]
 
+    def cell(used: dict, who: str) -> str:
+        if who not in used:
+            return "–"
+        return "n/a" if used[who] is None else ms(used[who])
+
     for b in sorted(save["benchmarks"], key=order):
         used = b["extra_info"].get("cpu_per_round")
         if not used:
             continue
-        rest = used["machine"] - used["client"] - used.get("server", 0) - used["minio"]
-        server = ms(used["server"]) if "server" in used else "–"
+        reasons.update(b["extra_info"].get("cpu_not_measured", {}))
+        # Saves from before PostgreSQL was measured have no "postgres": the rest is then mostly it.
+        known = ("client", "server", "minio", "postgres")
+        rest = used["machine"] - sum(used.get(who) or 0 for who in known)
         lines.append(
-            f"| `{b['name']}` | {ms(b['stats']['median'])} | {ms(used['client'])} | {server} | "
-            f"{ms(used['minio'])} | {ms(max(rest, 0))} | {ms(used['machine'])} | "
-            f"{used['machine'] / b['stats']['median']:.2f} |"
+            f"| `{b['name']}` | {ms(b['stats']['median'])} | {cell(used, 'client')} | "
+            f"{cell(used, 'server')} | {cell(used, 'minio')} | {cell(used, 'postgres')} | "
+            f"{ms(max(rest, 0))} | {ms(used['machine'])} | {used['machine'] / b['stats']['median']:.2f} |"
         )
-    return "\n".join(lines)
+    lines += ["", *(f"{who}: n/a -- {reason}" for who, reason in sorted(reasons.items()))]
+    return "\n".join(lines).rstrip()
 
 
 def chart(data: list[dict]) -> None:
@@ -180,8 +189,9 @@ to 1.7 for `500_10kb` on different runs. Compare ratios within one run, never ac
 ### Where the CPU goes, per round
 
 CPU seconds each process used per round (from `/proc`), in ms: the client is the benchmark
-process (for a floor, the uploader itself), the rest is the machine's busy time not in those three,
-mostly PostgreSQL. The machine has two cores, so a round can never take less than machine / 2.
+process (for a floor, the uploader itself), MinIO and PostgreSQL (the postmaster and its children)
+are found by the port they listen on (`benchmarks/cpu.py`), the rest is the machine's busy time not
+in those. The machine has two cores, so a round can never take less than machine / 2.
 
 {cpu_table(save)}
 

@@ -80,6 +80,9 @@ class Run:
     session_id: uuid.UUID | None = None
     reference_example_id: uuid.UUID | None = None
     has_error: bool = False
+    # The splitter put ``{"id":"<id>",`` before the bytes the client sent (the run came without an
+    # id); without it, ``head`` + parts + ``body`` are exactly the client's bytes.
+    id_added: bool = False
     # What GET will return: ``body``; or, for a run handed out in parts (RunPart) while it arrived,
     # ``head`` + the parts + ``body``.
     body: bytes = b""
@@ -534,6 +537,7 @@ class RunSplitter:
         with memoryview(pieces[0]) as first:
             if "id" not in self._keys and self.new_id is not None:
                 run.id = run.id or self.new_id()
+                run.id_added = True
                 start = b"".join((b'{"id":"', str(run.id).encode(), b'",', first[1:]))
             else:
                 start = bytes(first)

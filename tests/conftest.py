@@ -1,9 +1,10 @@
 """Fixtures: real servers (``python -m handler`` subprocesses) against the real PostgreSQL and MinIO.
 
-These stand in for pytest-tornado's ``http_server``/``http_client`` fixtures: its last release
-imports ``pkg_resources``, which current setuptools no longer ships, and a server in its own
-process is closer to production anyway -- the tests speak HTTP over a real socket and check the
-database and the bucket directly.
+The subprocess suite speaks HTTP over a real socket to a server in its own process, as in
+production, and checks the database and the bucket directly: it is the layer for what needs a real
+process (signals, kill -9, disconnects, memory). The in-process layer, tests/test_app_inprocess.py,
+uses pytest-tornado's fixtures (``app``, ``http_client``, ``gen_test``) on the same application
+object; pytest-tornado imports ``pkg_resources``, so the ``test`` extra pins setuptools below 81.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import psycopg2
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from handler.config import Settings
 from tests.client import HttpClient
@@ -23,6 +25,20 @@ from tests.server import Server, start_server
 
 if os.environ.get("RUN_HANDLER_ENV") != "test":
     pytest.exit("run the tests with RUN_HANDLER_ENV=test (make test does)", returncode=2)
+
+# Hypothesis profiles for the property tests. "ci", the default, draws the same examples on every
+# run (make test, tox): CI does not fail at random. "fuzz" (make fuzz: --hypothesis-profile=fuzz
+# with a --hypothesis-seed it prints) draws new ones, many more, to find new cases; a failure
+# prints the example and the @reproduce_failure blob that replays it.
+hypothesis_settings.register_profile("ci", derandomize=True, max_examples=150, database=None, print_blob=True)
+hypothesis_settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "3000")),
+    database=None,
+    print_blob=True,
+)
+hypothesis_settings.load_profile("ci")  # --hypothesis-profile, read after this file, overrides it
 
 
 @pytest.fixture(scope="session")

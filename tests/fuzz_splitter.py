@@ -58,7 +58,7 @@ def check_elements(body: bytes, runs) -> None:
             assert body[pos : pos + 1] == b",", (i, body[pos : pos + 20])
             pos = SEPARATOR.match(body, pos + 1).end()
         # As sent when the run had an id, else with the generated one put first.
-        raw = run.body if body.startswith(run.body, pos) else sent_bytes(run.body, True)
+        raw = sent_bytes(run.body, run.id_added)
         assert body.startswith(raw, pos), (i, raw[:80], body[pos : pos + 80])
         pos = SEPARATOR.match(body, pos + len(raw)).end()
         strict_json(run.body)

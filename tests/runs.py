@@ -103,6 +103,11 @@ def _outcome(result: list[Run] | RunError) -> tuple:
 
 
 def sent_bytes(r: Run) -> bytes:
-    """The element as the client sent it: Run.body without the id the splitter put first."""
+    """The element as the client sent it: Run.body without the id the splitter put first, when
+    the splitter says it did (Run.id_added) -- never guessed from the bytes: a client may send its
+    own id first, compact, exactly as the splitter would write it."""
+    if not r.id_added:
+        return r.body
     prefix = b'{"id":"' + str(r.id).encode() + b'",'
-    return b"{" + r.body[len(prefix) :] if r.body.startswith(prefix) else r.body
+    assert r.body.startswith(prefix), r.body[:80]
+    return b"{" + r.body[len(prefix) :]
