@@ -37,6 +37,14 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def unpacked_server(tmp_path_factory):
+    """The same server with one object per run (``SEGMENT_BYTES=0``), the layout before segments."""
+    srv = start_server(tmp_path_factory.mktemp("bench-unpacked"), "bench-unpacked", SEGMENT_BYTES="0")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def loop():
     loop = asyncio.new_event_loop()
     yield loop
@@ -92,6 +100,13 @@ def pytest_terminal_summary(terminalreporter):
             f"{row['workload']:<22} service {row['median_s'] * 1000:9.1f} ms   floor {floor}   "
             f"ratio {ratio:>5}   {row['mb_per_s']:8.1f} MB/s   {row['runs_per_s']:9.1f} runs/s"
         )
+    terminalreporter.section("segments against one object per run (medians of this session)")
+    for name, median in sorted(_medians.items()):
+        for other in (f"{name}_per_run", f"{name}_alone"):
+            if other in _medians:
+                terminalreporter.write_line(
+                    f"{name:<26} {other:<34} other / this {_medians[other] / median:6.2f}"
+                )
     terminalreporter.section("CPU ms per round (two cores: cores busy = machine CPU / median)")
     for line in summary_lines(_cpu, _medians):
         terminalreporter.write_line(line)

@@ -56,6 +56,7 @@ def rows(save: dict) -> list[dict]:
                 "runs_s": info["runs"] / stats["median"],
                 "run_bytes": info["bytes"] / info["runs"],
                 "floor_mb_s": info["bytes"] / 1e6 / floor["stats"]["median"] if floor else None,
+                "objects": info.get("objects"),
             }
         )
     return out
@@ -68,16 +69,35 @@ def ms(seconds: float) -> str:
 def table(data: list[dict]) -> str:
     lines = [
         "| benchmark | median ms | min ms | max ms | rounds | floor median ms | service / floor "
-        "| MB/s | runs/s |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| MB/s | runs/s | objects per batch |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in data:
         floor = ms(r["floor"]) if r["floor"] else "n/a"
         ratio = f"**{r['ratio']:.2f}**" if r["ratio"] else "n/a"
+        objects = f"{r['objects']:,}" if r["objects"] is not None else ""
         lines.append(
             f"| `{r['name']}` | {ms(r['median'])} | {ms(r['min'])} | {ms(r['max'])} | {r['rounds']} | "
-            f"{floor} | {ratio} | {r['mb_s']:,.1f} | {r['runs_s']:,.1f} |"
+            f"{floor} | {ratio} | {r['mb_s']:,.1f} | {r['runs_s']:,.1f} | {objects} |"
         )
+    return "\n".join(lines)
+
+
+def layout_table(data: list[dict]) -> str:
+    """Each benchmark against its other layout, measured in the same session: ingest with
+    segments against SEGMENT_BYTES=0, GET of a packed run against the same run stored alone."""
+    by_name = {r["name"]: r for r in data}
+    lines = [
+        "| benchmark | other layout | median ms | other median ms | other / this |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for r in data:
+        for other in (by_name.get(f"{r['name']}_per_run"), by_name.get(f"{r['name']}_alone")):
+            if other is not None:
+                lines.append(
+                    f"| `{r['name']}` | `{other['name']}` | {ms(r['median'])} | {ms(other['median'])} | "
+                    f"**{other['median'] / r['median']:.2f}** |"
+                )
     return "\n".join(lines)
 
 
@@ -171,15 +191,26 @@ make memprofile    # pytest-memray in-process limit, and a 1 GB batch against a 
 ## Ingest and GET, beside the storage floor
 
 Each service benchmark drives a real server (`python -m handler`) over a socket, streaming the body
-in 64 KB chunks with chunked transfer encoding, and asserts the status and the number of ids. The
-floor stores the same per-run objects with the service's own upload code at its concurrency
-(`UPLOAD_CONCURRENCY`) and inserts the same rows in one statement: no HTTP, no parsing. For GET the
-floor is a plain HTTP GET of a signed URL of the same object, by the same client. `get_run_*` reads
-a different run each round, so every GET goes to S3; `get_run_*_cached` reads one run again and
-again, which after the first read comes from the server's object cache (`OBJECT_CACHE_BYTES`).
+in 64 KB chunks with chunked transfer encoding, and asserts the status and the number of ids. It
+runs twice in the same session: with segments (the default, `create_batch_runs_*`) and with
+`SEGMENT_BYTES=0`, one object per run (`*_per_run`). "objects per batch" is what one batch wrote.
+
+The floors use the service's own upload code at its concurrency (`UPLOAD_CONCURRENCY`) and insert
+the same rows in one statement: no HTTP, no parsing. The **bytes floor** (`floor_<workload>`) PUTs
+the body's bytes as `SEGMENT_BYTES` objects: what storing those bytes costs at all. The per-run
+floor (`floor_<workload>_per_run`) PUTs one object per run, the reference for the old layout.
+
+For GET the floor is a plain HTTP GET of a signed URL of the same bytes by the same client (a
+ranged GET of the segment for a packed run). `get_run_*` reads a different run each round, so
+every GET goes to S3; `*_cached` reads one run again and again, which after the first read comes
+from the server's object cache (`OBJECT_CACHE_BYTES`). `*_alone` reads runs stored one per object.
 `http_hop_health` is `GET /health`: the cost of one request to the server with nothing behind it.
 
 {table(data)}
+
+### Segments against one object per run, same session
+
+{layout_table(data)}
 
 ![throughput against run size](benchmarks/throughput.png)
 
