@@ -476,7 +476,7 @@ class InfoHandler(JSONHandler):
                     "scale_up_nthreads_limit": 16,
                     "scale_down_nempty_trigger": 4,
                 },
-                "instance_flags": {"zstd_compression_enabled": True},
+                "instance_flags": {"zstd_compression_enabled": True, "gzip_body_enabled": True},
             }
         )
 
