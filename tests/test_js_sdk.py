@@ -154,3 +154,20 @@ def _millis(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp() * 1000
+
+
+def test_node_fetch_streaming_a_refused_body_gets_the_answer(node, js_server):
+    """Node's fetch with a streamed 2 MB body refused at its first run: the 400, not ECONNRESET."""
+    env = {
+        **os.environ,
+        "API_URL": f"http://127.0.0.1:{js_server.client.port}",
+        "API_KEY": API_KEY,
+        "TOTAL_BYTES": str(2 * 1024 * 1024),
+    }
+    done = subprocess.run(
+        [node, "early_answer.mjs"], cwd=JS, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out.get("status") == 400, out
+    assert out["body"]["error"] == "run 0: end_time must not be a negative number of milliseconds"
