@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup test fuzz benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup js-test-setup test fuzz benchmark memprofile load lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
@@ -62,9 +62,18 @@ compact: install services-up
 server: install services-up
 	$(BIN)/python -m handler serve
 
-test-setup: install
+test-setup: install js-test-setup
 	@$(TEST_ENV) scripts/services.sh up
 	$(TEST_ENV) $(BIN)/python tests/reset_env.py
+
+# The JavaScript SDK the tests drive (tests/js, pinned by its package-lock.json).
+js-test-setup:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		test tests/js/node_modules/.package-lock.json -nt tests/js/package-lock.json || \
+		(cd tests/js && npm ci --no-audit --no-fund); \
+	else \
+		echo "make: node/npm not found: the JavaScript SDK tests (tests/test_js_sdk.py) need Node 18+ and will be skipped"; \
+	fi
 
 test: test-setup
 	$(TEST_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,10 +8,13 @@ import json
 import logging
 import re
 import uuid
+from asyncio import Future
+from dataclasses import dataclass
 from datetime import datetime
 
 import tornado.iostream
 import tornado.web
+from tornado.concurrent import future_add_done_callback
 from tornado.ioloop import IOLoop
 
 from handler import __version__, docs, metrics, ops
@@ -58,6 +61,16 @@ class InFlight:
             return True
         except TimeoutError:
             return False
+
+
+@dataclass
+class Linger:
+    """An answer sent before the request body ended, while the rest of the body is read and
+    dropped (see IngestHandler.fail)."""
+
+    sent: Future  # the answer's write to the socket
+    timer: object  # IOLoop timeout handle: the linger's time limit
+    discarded: int = 0
 
 
 class JSONHandler(tornado.web.RequestHandler):
@@ -114,6 +127,9 @@ class IngestHandler(JSONHandler):
         self.counted = False  # in self.in_flight
         self.body_bytes = 0  # for the access log
         self.idle_since: float | None = None  # receiving the body, not busy with a chunk, since then
+        self.receiving = False  # a byte of the body has come
+        self.body_ended = False
+        self.linger: Linger | None = None  # answered early, the rest of the body being dropped
 
     @property
     def run_count(self) -> int:
@@ -154,7 +170,7 @@ class IngestHandler(JSONHandler):
         """A client that stops sending mid-body would hold its batch open for ever: after
         BODY_IDLE_TIMEOUT seconds without a byte (not counting time spent on a chunk, when the
         server itself stops reading), the batch is undone and answered 408."""
-        if self.ingest is None or self._finished or self.committing:
+        if self.ingest is None or self._finished or self.committing or self.linger is not None:
             return
         loop, timeout = IOLoop.current(), self.config.body_idle_timeout
         if self.idle_since is not None and loop.time() - self.idle_since >= timeout:
@@ -175,6 +191,12 @@ class IngestHandler(JSONHandler):
         raise NotImplementedError
 
     async def data_received(self, chunk: bytes) -> None:
+        self.receiving = True
+        if self.linger is not None:
+            self.linger.discarded += len(chunk)
+            if self.linger.discarded > self.config.linger_bytes:
+                self.end_linger()
+            return
         if self.ingest is None or self._finished or self.ingest.aborted:
             return
         self.idle_since = None
@@ -192,6 +214,10 @@ class IngestHandler(JSONHandler):
 
     async def commit(self) -> dict | None:
         """The body has ended: the request's result, or None once it has been answered."""
+        self.body_ended = True
+        if self.linger is not None:  # answered already: the dropped body has ended
+            self.end_linger()
+            return None
         if self.ingest is None or self._finished:
             return None
         self.committing = True
@@ -214,10 +240,76 @@ class IngestHandler(JSONHandler):
         await self.ingest.abort(error)
         self.fail(error)
 
+    def fail(self, error: RunError) -> None:
+        """Answer; while the body is still arriving, keep reading and dropping it (lingering).
+
+        A server that answers early and closes at once resets the connection of a client still
+        sending, and the reset destroys the answer before the client reads it (Node's fetch then
+        reports ECONNRESET, not the 400). So, as nginx's lingering close does, the answer is sent
+        (with ``Connection: close``) and the rest of the body read and dropped, for at most
+        LINGER_SECONDS and LINGER_BYTES; then the connection is closed. Nothing of the dropped
+        bytes is held, decoded or counted against a limit."""
+        if self.linger is not None:
+            return  # answered already
+        if not self.lingers():
+            return super().fail(error)
+        if error.status >= 500:
+            log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)
+        body = json.dumps(error.to_json()).encode()
+        self.clear()
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Content-Length", len(body))
+        self.set_header("Connection", "close")
+        self.write(body)
+        # A refusal in prepare() comes before the body limit is lifted: lift it, or Tornado would
+        # answer a long Content-Length with its own bare 400 after ours.
+        self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
+        sent = self.flush()
+        timer = IOLoop.current().call_later(self.config.linger_seconds, self.end_linger)
+        self.linger = Linger(sent, timer)
+        self.leave_in_flight()  # the batch is undone: a shutdown need not wait for the linger
+
+    def lingers(self) -> bool:
+        """Whether an answer now comes before the end of a body that the client is sending."""
+        return (
+            self.request.method in self.ingest_methods
+            and not self.body_ended
+            and not self._finished
+            and self.linger is None
+            and self.config.linger_seconds > 0
+            and self.config.linger_bytes > 0
+            and not self.request.connection.stream.closed()
+            # A client waiting for "100 Continue" has sent nothing: it gets the answer instead,
+            # and the connection closes.
+            and (self.receiving or self.request.headers.get("Expect", "").lower() != "100-continue")
+        )
+
+    def end_linger(self) -> None:
+        """The dropped body has ended, or passed LINGER_BYTES, or LINGER_SECONDS are up: finish
+        the answer and close the connection."""
+        linger, self.linger = self.linger, None
+        if linger is None or self._finished:
+            return
+        IOLoop.current().remove_timeout(linger.timer)
+        connection = self.request.connection
+        # While the body is still arriving, Tornado closes the connection itself once the answer
+        # is written; after its end it would keep it open for another request.
+        self.finish()
+        if linger.sent.done():
+            connection.close()
+        else:  # the client is not reading: close once the answer is out, or after one more linger
+            future_add_done_callback(linger.sent, lambda _: connection.close())
+            IOLoop.current().call_later(self.config.linger_seconds, connection.close)
+
     def on_finish(self) -> None:
         self.leave_in_flight()
 
     def on_connection_close(self) -> None:
+        if self.linger is not None:  # the client has gone, with the answer or not
+            super().on_connection_close()
+            self.end_linger()
+            return
         super().on_connection_close()
         # Once the body has ended the commit may already be running: a disconnect then must not
         # delete objects whose rows are about to be committed.
@@ -389,7 +481,7 @@ class InfoHandler(JSONHandler):
                     "scale_up_nthreads_limit": 16,
                     "scale_down_nempty_trigger": 4,
                 },
-                "instance_flags": {"zstd_compression_enabled": True},
+                "instance_flags": {"zstd_compression_enabled": True, "gzip_body_enabled": True},
             }
         )
 

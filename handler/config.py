@@ -64,6 +64,8 @@ class Settings:
     api_keys: ApiKeys
     shutdown_timeout: float
     body_idle_timeout: float
+    linger_seconds: float
+    linger_bytes: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -130,6 +132,8 @@ class Settings:
             api_keys=api_keys,
             shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
             body_idle_timeout=get_int("BODY_IDLE_TIMEOUT", 60),
+            linger_seconds=get_int("LINGER_SECONDS", 10),
+            linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
         )
 
     @property

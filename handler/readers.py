@@ -126,9 +126,11 @@ class BatchReader:
                 chunk = self._read_object(chunk)
 
     async def close(self) -> None:
-        if self._state == "array":
+        # The splitter may hold back the end of a large array until the body ends: what follows
+        # it (``,"patch":[...]}``) is then read here, and may open another array to close.
+        while self._state == "array":
             await self._take(self._splitter.close())
-            self._read_object(self._end_of_array())
+            await self.feed(self._end_of_array())
         if self._state != "end":
             raise RunError(400, f"invalid JSON in body: it ends before the {_SHAPE} object does")
 

@@ -25,7 +25,8 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import ijson
 
@@ -61,6 +62,33 @@ _UUID_FIELDS = frozenset({"parent_run_id", "session_id", "reference_example_id"}
 _TIME_FIELDS = frozenset({"start_time", "end_time"})
 _TEXT_FIELDS = {"session_name": MAX_NAME_CHARS, "dotted_order": MAX_DOTTED_ORDER_CHARS}
 REQUIRED = ("trace_id", "name")
+# A time given as a number is milliseconds since the Unix epoch (what the JavaScript SDK sends:
+# Date.now()), from 0 up to, not including, the year 10000 (datetime's range).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH_MILLIS_LIMIT = 253_402_300_800_000  # 10000-01-01T00:00:00Z
+
+
+def epoch_millis(value: int | float | Decimal) -> datetime:
+    """The UTC instant ``value`` milliseconds after the Unix epoch, to the microsecond (a fraction
+    below that is rounded half to even). ijson gives a JSON number as an int or a Decimal, so
+    ``1796174206269.5`` is exact and ``1e400`` is a Decimal, not an infinity. Raises ValueError,
+    with the reason, for a number that is negative, not finite or not before the year 10000."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number")
+    number = Decimal(value) if isinstance(value, float) else value
+    if isinstance(number, Decimal) and not number.is_finite():
+        raise ValueError("must be a finite number of milliseconds")
+    if number < 0:
+        raise ValueError("must not be a negative number of milliseconds")
+    too_late = f"must be less than {EPOCH_MILLIS_LIMIT} milliseconds (the year 10000)"
+    if number >= EPOCH_MILLIS_LIMIT:  # checked before scaling: 1e400 is no integer to build
+        raise ValueError(too_late)
+    micros = number * 1000
+    if isinstance(micros, Decimal):
+        micros = int(micros.to_integral_value(ROUND_HALF_EVEN))
+    if micros >= EPOCH_MILLIS_LIMIT * 1000:  # rounded up to the limit
+        raise ValueError(too_late)
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 @dataclass(slots=True)
@@ -430,6 +458,11 @@ class RunSplitter:
         return value
 
     def _time(self, key: str, event: str, value: object) -> datetime:
+        if event == "number":
+            try:
+                return epoch_millis(value)
+            except ValueError as e:
+                raise self._error(f"{key} {e}") from None
         try:
             if event != "string":
                 raise ValueError
@@ -437,7 +470,9 @@ class RunSplitter:
             # In UTC: PostgreSQL takes offsets up to 15:59 only, RFC 3339 up to 23:59.
             return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
         except (ValueError, OverflowError):
-            raise self._error(f"{key} must be an ISO 8601 date-time string") from None
+            raise self._error(
+                f"{key} must be an ISO 8601 date-time string or a number of milliseconds since the Unix epoch"
+            ) from None
 
     def _finish_run(self) -> None:
         run = self._run

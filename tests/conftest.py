@@ -63,6 +63,8 @@ def limited_server(tmp_path_factory) -> Server:
         MAX_BODY_BYTES="20000",
         MAX_RUN_BYTES="2000",
         MAX_RUNS_PER_BATCH="5",
+        # A client that stops sending after an early answer is closed on this soon (test_endless_*).
+        LINGER_SECONDS="2",
     )
     yield srv
     srv.stop()

@@ -485,7 +485,7 @@ REJECTED = [
     *_types("tags", [{}, "a", [1], ["a", {}], [[]], [None]]),
     *_types("error", [{}, [], 1, True]),
     *_types("run_type", ["agent", "", 1, "LLM"]),
-    *_types("start_time", ["yesterday", "2024-13-01T00:00:00", 1700000000, ""]),
+    *_types("start_time", ["yesterday", "2024-13-01T00:00:00", -1700000000, 1e16, ""]),
     *_types("end_time", ["2024-01-01T25:00:00Z", []]),
     *_types("parent_run_id", ["x", 5, NOT_UUIDS[1]]),
     *_types("session_id", ["x"]),

@@ -1369,4 +1369,4 @@ def test_info_gives_the_limits_a_client_must_keep(request, which, runs, body_byt
     assert (config["size_limit"], config["size_limit_bytes"]) == (runs, body_bytes)
     for key in ("scale_up_qsize_trigger", "scale_up_nthreads_limit", "scale_down_nempty_trigger"):
         assert isinstance(config[key], int) and config[key] > 0
-    assert info["instance_flags"] == {"zstd_compression_enabled": True}
+    assert info["instance_flags"] == {"zstd_compression_enabled": True, "gzip_body_enabled": True}
