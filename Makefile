@@ -102,6 +102,7 @@ benchmark: test-setup
 		--benchmark-autosave --benchmark-compare --benchmark-columns=min,max,median,iqr,rounds
 	$(TEST_ENV) $(BIN)/python -m benchmarks.put_cpu | tee .benchmarks/put_cpu.txt
 	$(BIN)/python -m benchmarks.splitter_cpu | tee .benchmarks/splitter_cpu.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.segment_sizes | tee .benchmarks/segment_sizes.txt
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup

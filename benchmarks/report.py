@@ -3,7 +3,7 @@
     python -m benchmarks.report
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
-``.benchmarks/put_cpu.txt``, ``.benchmarks/splitter_cpu.txt`` and ``.benchmarks/memory.txt``
+``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt`` and ``memory.txt``
 written by ``make benchmark`` and ``make memprofile``.
 """
 
@@ -249,6 +249,17 @@ in those. The machine has two cores, so a round can never take less than machine
   more than a fifth of the floor, so no relaying server can be within 1.2× of a bare S3 GET on a
   cold read. A run read again skips S3: object keys are never reused, so the cache needs no
   invalidation, and the lookup still decides which object is current.
+
+## Segment sizes (`python -m benchmarks.segment_sizes`)
+
+Each reference workload against a server per `SEGMENT_BYTES`, median wall time and the objects
+one batch wrote. `4 MiB`, the default, is where more size stopped buying much on this machine
+while the objects per batch (PUTs, each billed on S3) fall with it; it is also what one request
+holds of an open segment.
+
+```
+{optional(SAVES / "segment_sizes.txt")}
+```
 
 ## CPU per PUT (`python -m benchmarks.put_cpu`)
 

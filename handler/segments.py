@@ -46,8 +46,11 @@ class Segment:
         self.data += body
         return offset
 
-    def sealed(self) -> bytes:
-        return bytes(self.data + _CLOSE)
+    def sealed(self) -> bytearray:
+        """The segment's object: closed, and no longer to be appended to (not copied: it may be
+        megabytes)."""
+        self.data += _CLOSE
+        return self.data
 
 
 class Packer:
@@ -64,7 +67,10 @@ class Packer:
         self._sealing: set[asyncio.Task] = set()  # seals started by the timer
 
     async def add(self, body: bytes) -> Location:
-        """Pack a run; returns where it will be. Waits for upload room when the segment fills."""
+        """Pack a run; returns where it will be. Waits for upload room when the segment fills, or
+        while a segment sealed by the wait still waits for it (so at most one segment is open and
+        one waits, however slowly S3 takes them)."""
+        await self._wait_for_seals()
         if self._open is None:
             self._open = Segment(segment_key(self._tenant))
             if self._max_wait_s:
@@ -88,8 +94,7 @@ class Packer:
 
     async def flush(self) -> None:
         """The body has ended: seal the open segment, and wait until every seal has started."""
-        while self._sealing:
-            await asyncio.wait(list(self._sealing))
+        await self._wait_for_seals()
         await self._seal()
 
     def close(self) -> None:
@@ -121,6 +126,10 @@ class Packer:
         task = asyncio.create_task(seal())
         self._sealing.add(task)
         task.add_done_callback(self._sealing.discard)
+
+    async def _wait_for_seals(self) -> None:
+        while self._sealing:
+            await asyncio.wait(list(self._sealing))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

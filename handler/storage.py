@@ -69,7 +69,7 @@ def storage_error(action: str, error: Exception) -> RunError:
     return RunError(503, f"object storage unavailable ({action}): {error}")
 
 
-def crc32_base64(data: bytes) -> str:
+def crc32_base64(data: bytes | bytearray) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
@@ -140,11 +140,11 @@ class ObjectStore:
         self._signer.add_auth(request)
         return request.url
 
-    async def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
+    async def put(self, key: str, body: bytes | bytearray, content_type: str = "application/json") -> None:
         headers = {"Content-Type": content_type, "x-amz-checksum-crc32": crc32_base64(body)}
         await self._put(self.signed_url("PUT", key, headers), body, headers)
 
-    async def _put(self, url: str, body: bytes, headers: dict[str, str]) -> str:
+    async def _put(self, url: str, body: bytes | bytearray, headers: dict[str, str]) -> str:
         """PUT with retries on throttling, server errors and dropped connections; returns the ETag."""
         started = time.perf_counter()
         for attempt in range(_ATTEMPTS):

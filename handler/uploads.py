@@ -79,7 +79,9 @@ class Uploads:
         """Objects this request has written or is writing (for the access log)."""
         return len(self.keys)
 
-    async def put(self, key: str, body: bytes, kind: str, content_type: str = "application/json") -> None:
+    async def put(
+        self, key: str, body: bytes | bytearray, kind: str, content_type: str = "application/json"
+    ) -> None:
         """Start uploading ``body`` under ``key`` once the window has room; ``kind`` (segment, run,
         attachment) labels the metrics."""
         # Recorded before the upload starts, so abort() deletes it even if the upload is cut short.

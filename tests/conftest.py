@@ -123,10 +123,14 @@ class Store:
         object one."""
         count = 0
         for key in keys:
-            if "/segments/" in key:
-                count += len(json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()))
-            else:
+            if "/segments/" not in key:
                 count += 1
+                continue
+            try:
+                data = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except self.s3.exceptions.NoSuchKey:  # deleted since it was listed (a refused batch's)
+                continue
+            count += len(json.loads(data))
         return count
 
     def row_ids(self) -> set[str]:
