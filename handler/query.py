@@ -167,7 +167,7 @@ class Query:
         if "parent_run" in given:
             add("parent_run_id = %s::uuid", _uuid(given["parent_run"], "parent_run"))
         if "run_type" in given:
-            if given["run_type"] not in RUN_TYPES:
+            if not isinstance(given["run_type"], str) or given["run_type"] not in RUN_TYPES:
                 raise RunError(400, f"run_type must be one of {', '.join(sorted(RUN_TYPES))}")
             add("run_type = %s", given["run_type"])
         if "is_root" in given:
