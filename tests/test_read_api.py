@@ -7,15 +7,19 @@ SDK; another tenant's key must see none of it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
 import pytest
 from langsmith import Client, traceable, tracing_context
 from langsmith.utils import LangSmithConflictError, LangSmithError, LangSmithNotFoundError
+from yoyo import get_backend, read_migrations
 
 from handler.auth import hash_key
+from handler.migrations import SCHEMA_DIR, migrate, rollback_last
 from handler.sessions import session_id_for
+from tests.conftest import FreshConnections
 from tests.server import start_server
 
 KEY, OTHER_KEY = "reader-key", "other-tenant-key"
@@ -201,3 +205,38 @@ def test_queries_a_client_gets_wrong_are_400(server):
     assert server.client.get("/sessions?limit=0", headers=headers).status == 400
     assert server.client.get("/sessions/not-a-uuid", headers=headers).status == 400
     assert server.client.get(f"/sessions/{uuid.uuid4()}", headers=headers).status == 404
+
+
+def test_the_migration_gives_older_runs_their_projects(settings):
+    """Rows written before 0005 get the project ids that ingestion derives (the SQL uuid3 matches
+    Python's), and their projects exist."""
+    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_sessions")
+    admin = FreshConnections(settings)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
+        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
+    try:
+        backend = get_backend(scratch.db_url)
+        migrations = read_migrations(str(SCHEMA_DIR))
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(migrations.filter(lambda m: m.id != "0005_sessions")))
+        with FreshConnections(scratch).cursor() as cur:
+            insert = (
+                "INSERT INTO runs (tenant, id, trace_id, name, object_key, size_bytes, session_name)"
+                " VALUES (%s, %s, %s, 'r', %s, 2, %s)"
+            )
+            for tenant, project in (("acme", "legacy é"), ("acme", None), ("zeta", "legacy é")):
+                cur.execute(insert, (tenant, str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex, project))
+            assert migrate(scratch) == 1
+            cur.execute("SELECT tenant, id::text, name FROM sessions ORDER BY tenant, name")
+            assert cur.fetchall() == [
+                ("acme", str(session_id_for("acme", "default")), "default"),
+                ("acme", str(session_id_for("acme", "legacy é")), "legacy é"),
+                ("zeta", str(session_id_for("zeta", "legacy é")), "legacy é"),
+            ]
+            cur.execute("SELECT count(*) FROM runs WHERE session_id IS NULL")
+            assert cur.fetchone()[0] == 0
+            assert rollback_last(scratch) == 1 and migrate(scratch) == 1
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
