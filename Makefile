@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup js-test-setup test fuzz benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup js-test-setup ui-test-setup ui-screenshot test fuzz benchmark memprofile load lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
@@ -62,9 +62,13 @@ compact: install services-up
 server: install services-up
 	$(BIN)/python -m handler serve
 
-test-setup: install js-test-setup
+test-setup: install js-test-setup ui-test-setup
 	@$(TEST_ENV) scripts/services.sh up
 	$(TEST_ENV) $(BIN)/python tests/reset_env.py
+
+# The browser the viewer's tests drive (tests/test_ui.py): Debian's chromium and chromium-driver.
+ui-test-setup:
+	@scripts/install_chromium.sh
 
 # The JavaScript SDK the tests drive (tests/js, pinned by its package-lock.json).
 js-test-setup:
@@ -116,6 +120,11 @@ memprofile: test-setup
 load: install
 	@$(TEST_ENV) scripts/services.sh up
 	$(TEST_ENV) $(BIN)/python -m benchmarks.load $(LOAD_ARGS)
+
+# The README's screenshot of a trace page, from a real traced pipeline (docs/trace-page.png).
+ui-screenshot: install ui-test-setup
+	@$(TEST_ENV) scripts/services.sh up
+	$(TEST_ENV) $(BIN)/python scripts/ui_screenshot.py docs/trace-page.png
 
 lint: install
 	$(BIN)/ruff check handler tests benchmarks

@@ -525,10 +525,15 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 def make_app(
     settings: Settings, store: ObjectStore, db: Database, in_flight: InFlight | None = None
 ) -> tornado.web.Application:
+    from handler import projects, query, ui  # the read API and the viewer (they import this module)
+
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     ingest_deps = {**deps, "in_flight": in_flight or InFlight()}
     return tornado.web.Application(
         [
+            *query.routes(deps),
+            *projects.routes(deps),
+            *ui.routes(deps),
             (r"/runs", RunsHandler, ingest_deps),
             (r"/runs/multipart", MultipartHandler, ingest_deps),
             (r"/runs/batch", BatchHandler, ingest_deps),

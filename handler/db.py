@@ -30,6 +30,8 @@ from handler.rows import (
     columns,
     stored_run,
 )
+from handler.sessions import UPSERT as UPSERT_SESSIONS
+from handler.sessions import with_sessions
 
 # PostgreSQL gives up on a statement before the client does, so a slow insert ends as an error
 # from the server (the statement was rolled back), not as a client timeout (outcome unknown).
@@ -120,6 +122,12 @@ class Database:
         """
         if not (rows or replacements or attachments):
             return
+        # Each run's project: its id filled in, and created with the rows if it is new.
+        resolved, projects = with_sessions(tenant, [*rows, *(r.row for r in replacements)])
+        rows = resolved[: len(rows)]
+        replaced = resolved[len(rows) :]
+        replacements = [r._replace(row=row) for r, row in zip(replacements, replaced, strict=True)]
+        sessions = (tenant, *columns(projects)) if projects else None
         try:
             conn = await self._pool.acquire()
             backend = _backend_of(conn)
@@ -128,8 +136,11 @@ class Database:
         try:
             async with conn.cursor() as cur:
                 if replacements or attachments:
-                    await self._begin_and_write(cur, tenant, rows, replacements, attachments)
+                    await self._begin_and_write(cur, tenant, rows, replacements, attachments, sessions)
                     committing: tuple = ("COMMIT", None)
+                elif sessions:  # still one statement: the projects' upsert is a CTE of the insert
+                    statement = f"WITH s AS ({UPSERT_SESSIONS}) {INSERT}"
+                    committing = (statement, (*sessions, tenant, *columns(rows)))
                 else:
                     committing = (INSERT, (tenant, *columns(rows)))
                 try:
@@ -152,11 +163,14 @@ class Database:
         rows: Sequence[RunRow],
         replacements: Sequence[Replacement],
         attachments: Sequence[Attachment],
+        sessions: tuple | None,
     ) -> None:
         """Every statement of write_batch but the COMMIT, in a transaction that is rolled back if
         any fails: until COMMIT is sent nothing can be stored."""
         try:
             await cur.execute("BEGIN")
+            if sessions:
+                await cur.execute(UPSERT_SESSIONS, sessions)
             if rows:
                 await cur.execute(INSERT, (tenant, *columns(rows)))
             if replacements:
@@ -317,6 +331,15 @@ class Database:
             (new_key, ids, old_offsets, new_offsets, old_key),
         )
         return len(rows)
+
+    async def fetch(self, sql: str, params: tuple) -> list[tuple]:
+        """A query's rows; RunError 400 for a value the database cannot take, 503 when it fails."""
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute(sql, params)
+                return await cur.fetchall()
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            raise statement_error(e) from e
 
     async def _fetch(self, sql: str, params: tuple) -> list[tuple]:
         try:

@@ -33,6 +33,7 @@ class RunRow(NamedTuple):
     status: str = "pending"
     posted: bool = True  # False: only patches have come, the run's post is still to come
     object_offset: int | None = None  # where in object_key the run starts; None: all of it
+    error: str | None = None  # the start of the run's error text (stream.ERROR_PREVIEW_CHARS)
 
     @classmethod
     def of(cls, run: Run, location: Location, posted: bool = True) -> RunRow:
@@ -53,6 +54,7 @@ class RunRow(NamedTuple):
             run.status,
             posted,
             location.offset,
+            run.error,
         )
 
     @property

@@ -62,6 +62,8 @@ _UUID_FIELDS = frozenset({"parent_run_id", "session_id", "reference_example_id"}
 _TIME_FIELDS = frozenset({"start_time", "end_time"})
 _TEXT_FIELDS = {"session_name": MAX_NAME_CHARS, "dotted_order": MAX_DOTTED_ORDER_CHARS}
 REQUIRED = ("trace_id", "name")
+# How much of a run's error text its row keeps (the whole text stays in the run's bytes).
+ERROR_PREVIEW_CHARS = 2000
 # A time given as a number is milliseconds since the Unix epoch (what the JavaScript SDK sends:
 # Date.now()), from 0 up to, not including, the year 10000 (datetime's range).
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -108,6 +110,7 @@ class Run:
     session_id: uuid.UUID | None = None
     reference_example_id: uuid.UUID | None = None
     has_error: bool = False
+    error: str | None = None  # its first ERROR_PREVIEW_CHARS characters, for listings
     # The splitter put ``{"id":"<id>",`` before the bytes the client sent (the run came without an
     # id); without it, ``head`` + parts + ``body`` are exactly the client's bytes.
     id_added: bool = False
@@ -435,6 +438,8 @@ class RunSplitter:
             if event != "string":
                 raise self._error("error must be a string")
             run.has_error = True
+            # A lone surrogate or a NUL cannot be stored as text (the run's bytes keep them)
+            run.error = value[:ERROR_PREVIEW_CHARS].encode("utf-8", "replace").decode().replace("\x00", "")
         elif key in _UUID_FIELDS:
             if event != "string" or not UUID_TEXT.fullmatch(value):
                 raise self._error(f"{key} must be a UUID string")

@@ -36,6 +36,7 @@ import zstandard
 from handler import __version__
 from handler.auth import hash_key
 from handler.config import REPO_ROOT
+from handler.sessions import session_id_for
 from tests.client import HttpClient, Response
 from tests.conftest import Store
 from tests.reset_env import empty_bucket
@@ -1182,7 +1183,7 @@ def test_trace_is_listed_in_dotted_order_page_by_page(http):
         "parent_run_id": root,
         "dotted_order": orders[child2],
         "session_name": "project",
-        "session_id": None,
+        "session_id": str(session_id_for(TENANT, "project")),  # the project the name resolves to
         "reference_example_id": None,
         "status": "pending",
         "size_bytes": len(runs[child2]),

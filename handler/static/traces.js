@@ -1,0 +1,60 @@
+// The traces page: a project's recent root runs, filtered and paged.
+"use strict";
+(() => {
+  const { api, guarded, message, el, duration, when } = UI;
+  const picker = document.getElementById("project");
+  const status = document.getElementById("status");
+  const name = document.getElementById("name");
+  const body = document.querySelector("#traces tbody");
+  const newer = document.getElementById("newer");
+  const older = document.getElementById("older");
+  const params = new URLSearchParams(location.search);
+  let cursors = [""]; // the cursor of each page shown so far: Newer goes back one
+  let next = null;
+
+  async function loadProjects() {
+    const projects = await api("sessions?limit=100");
+    picker.replaceChildren(...projects.map((p) => el("option", { value: p.id, text: p.name })));
+    if (!projects.length) { message("No projects yet: trace something first."); return; }
+    const wanted = params.get("project");
+    if (wanted && projects.some((p) => p.id === wanted)) picker.value = wanted;
+    await loadPage();
+  }
+
+  async function loadPage() {
+    const query = new URLSearchParams({ session: picker.value });
+    if (status.value) query.set("status", status.value);
+    if (name.value.trim()) query.set("name", name.value.trim());
+    const cursor = cursors[cursors.length - 1];
+    if (cursor) query.set("cursor", cursor);
+    const page = await api("ui/api/traces?" + query);
+    next = page.next_cursor;
+    body.replaceChildren(...page.traces.map(row));
+    message(page.traces.length ? "" : "No traces match.");
+    newer.disabled = cursors.length < 2;
+    older.disabled = !next;
+  }
+
+  function row(trace) {
+    const link = el("a", { href: "ui/trace/" + trace.trace_id + "?project=" + picker.value, text: trace.name });
+    const state = el("span", { class: "status status-" + trace.status, text: trace.status });
+    const tr = el("tr", { "data-trace-id": trace.trace_id },
+      el("td", {}, link), el("td", { text: when(trace.start_time) }),
+      el("td", { text: duration(trace.start_time, trace.end_time) }), el("td", {}, state),
+      el("td", { class: "count", text: String(trace.run_count) }));
+    if (trace.error) tr.title = trace.error;
+    return tr;
+  }
+
+  function restart() { cursors = [""]; guarded(loadPage); }
+  picker.addEventListener("change", () => {
+    history.replaceState(null, "", "?project=" + picker.value);
+    restart();
+  });
+  document.getElementById("apply").addEventListener("click", restart);
+  name.addEventListener("keydown", (e) => { if (e.key === "Enter") restart(); });
+  status.addEventListener("change", restart);
+  older.addEventListener("click", () => { cursors.push(next); guarded(loadPage); });
+  newer.addEventListener("click", () => { cursors.pop(); guarded(loadPage); });
+  guarded(loadProjects);
+})();
