@@ -23,10 +23,10 @@ from handler.rows import (
     SUMMARY_COLUMNS,
     UPDATE,
     Attachment,
-    PostedAfterPatch,
     Replacement,
     RunRow,
     StoredRun,
+    WrittenMeanwhile,
     columns,
     stored_run,
 )
@@ -116,7 +116,8 @@ class Database:
         patches or attachments the statements run in one transaction.
 
         Raises RunError 409 if an id already exists or a patched run changed meanwhile,
-        PostedAfterPatch for posts of runs that only have patches so far, 503 if nothing was
+        WrittenMeanwhile for runs that another request stored meanwhile and that can be merged
+        (a post and a patch of one run, sent apart and at once), 503 if nothing was
         written, and CommitUnknown if the connection broke while the commit may have happened
         and the outcome could not be settled.
         """
@@ -238,8 +239,8 @@ class Database:
             return (await cur.fetchone())[0]
 
     async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error) -> None:
-        """A unique key was taken (nothing was written): a 409, unless these are the posts of runs
-        of which only patches are stored (PostedAfterPatch: merge them, then write again)."""
+        """A unique key was taken (nothing was written): a 409 if a run was posted twice, else the
+        runs to merge with what another request stored meanwhile (WrittenMeanwhile)."""
         if error.diag.constraint_name == "run_attachments_pkey":
             raise RunError(409, "an attachment of that name already exists for the run") from error
         found = await self._fetch(
@@ -247,17 +248,17 @@ class Database:
             (tenant, [str(row.id) for row in rows]),
         )
         existing = {uuid.UUID(str(found_row[0])): stored_run(found_row[1:]) for found_row in found}
-        patches = {}
+        posts, patches = {}, {}
         for row in rows:
-            if row.id not in existing:
+            stored = existing.get(row.id)
+            if stored is None:
                 continue
-            stored = existing[row.id]
-            if stored.posted or not row.posted:
+            if stored.posted and row.posted:
                 raise RunError(409, f"id {row.id} already exists", run_id=row.id) from error
-            patches[row.id] = stored
-        if not patches:  # taken by a request that has been undone since
+            (posts if row.posted else patches)[row.id] = stored
+        if not (posts or patches):  # taken by a request that has been undone since
             raise RunError(409, "a run id was being written by another request; retry") from error
-        raise PostedAfterPatch(patches)
+        raise WrittenMeanwhile(posts, patches)
 
     async def find_run(self, tenant: str, run_id: uuid.UUID) -> StoredRun | None:
         """A tenant's posted run, or None."""

@@ -21,7 +21,7 @@ from handler.config import Settings
 from handler.db import CommitUnknown, Database
 from handler.errors import RunError
 from handler.merge import build_object, merged, object_fields
-from handler.rows import Attachment, PostedAfterPatch, Replacement, RunRow, StoredRun
+from handler.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
 from handler.segments import Packer
 from handler.storage import Location, ObjectStore
 from handler.stream import REQUIRED, Run, RunPart, parse_run
@@ -150,12 +150,20 @@ class BatchIngest:
                 self._patched.append(run_id)
                 return
             base, old = found, found.location
+        self._index.setdefault(run_id, index)
+        await self._patch_stored(run_id, updates, base, old, label)
+        self._patched.append(run_id)
+
+    async def _patch_stored(
+        self, run_id: uuid.UUID, updates: list, base: StoredRun, old: Location | None, label: str
+    ) -> None:
+        """Merge ``updates`` into a run's stored bytes and store the result anew; at commit the row
+        is written new (``old`` None) or repointed from ``old``."""
         fields = object_fields(await self._read(base.location, base.size))
         run = self._parse(merged(fields, updates), label, base.posted)
         trace_id = dict(fields).get("trace_id")
         if trace_id is not None and uuid.UUID(json.loads(trace_id)) != run.trace_id:
-            raise RunError(400, f"{label}: trace_id of a run cannot change", index)
-        self._index.setdefault(run_id, index)
+            raise RunError(400, f"{label}: trace_id of a run cannot change", self._index.get(run_id))
         location = await self._store_run(run_id, run.body)
         self._superseded.append(base.location)
         row = RunRow.of(run, location, base.posted)
@@ -163,7 +171,6 @@ class BatchIngest:
             self._rows[run_id] = row
         else:
             self._replaced[run_id] = Replacement(row, old)
-        self._patched.append(run_id)
 
     async def add_attachment(self, run_id: uuid.UUID, name: str, content_type: str, data: bytes) -> None:
         key = attachment_object_key(self.tenant, run_id)
@@ -177,8 +184,9 @@ class BatchIngest:
         await self._wait_uploads()
         try:
             await self._write()
-        except PostedAfterPatch as e:  # posts of runs whose patches came first: merge, then retry
-            await self._merge_posts_under_patches(e.patches)
+        except WrittenMeanwhile as e:  # a post and a patch of one run came apart: merge, retry
+            await self._merge_posts_under_patches(e.posts)
+            await self._apply_patches_stored_alone(e.patches)
             await self._wait_uploads()
             await self._write()
         await self._drop_superseded()
@@ -211,6 +219,15 @@ class BatchIngest:
             row = await self._post_under_patches(post, stored_patches, f"run {run_id}")
             self._superseded.append(posted.location)
             self._replaced[run_id] = Replacement(row, stored_patches.location)
+
+    async def _apply_patches_stored_alone(self, stored: dict[uuid.UUID, StoredRun]) -> None:
+        """Patches that found no run when they came, whose run another request stored since."""
+        for run_id, current in stored.items():
+            alone = self._rows.pop(run_id)
+            patch = object_fields(await self._read(alone.location, alone.size_bytes))
+            self._superseded.append(alone.location)
+            updates = [(k, raw) for k, raw in patch if k != "id"]
+            await self._patch_stored(run_id, updates, current, current.location, f"patch of run {run_id}")
 
     async def _post_under_patches(self, post: bytes, patches: StoredRun, label: str) -> RunRow:
         """A run's post merged with the patches stored before it (their fields win), stored."""

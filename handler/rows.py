@@ -74,11 +74,15 @@ class StoredRun(NamedTuple):
         return cls(row.location, row.size_bytes, row.posted)
 
 
-class PostedAfterPatch(Exception):
-    """Runs posted after their patches were stored: {run id: the stored patches}."""
+class WrittenMeanwhile(Exception):
+    """Runs this request writes as new whose ids another request stored meanwhile, and which can
+    be merged rather than refused: ``posts``, posts of runs that only have patches stored (the
+    patches win); ``patches``, patches stored alone here of runs stored meanwhile (posted, or
+    patched alone too), to be applied to them. Each maps run id -> what is stored."""
 
-    def __init__(self, patches: dict[uuid.UUID, StoredRun]) -> None:
-        super().__init__(f"{len(patches)} runs were patched before they were posted")
+    def __init__(self, posts: dict[uuid.UUID, StoredRun], patches: dict[uuid.UUID, StoredRun]) -> None:
+        super().__init__(f"{len(posts) + len(patches)} runs were written by another request meanwhile")
+        self.posts = posts
         self.patches = patches
 
 

@@ -1371,3 +1371,28 @@ def test_info_gives_the_limits_a_client_must_keep(request, which, runs, body_byt
     for key in ("scale_up_qsize_trigger", "scale_up_nthreads_limit", "scale_down_nempty_trigger"):
         assert isinstance(config[key], int) and config[key] > 0
     assert info["instance_flags"] == {"zstd_compression_enabled": True, "gzip_body_enabled": True}
+
+
+def test_a_patch_whose_post_another_request_commits_meanwhile_is_applied_to_it(http, storage):
+    """The SDKs send a run's post and its patch from different threads, in different requests at
+    once: the patch's request finds no run and keeps the patch alone, then the post's request
+    commits first. At its commit the patch is applied to the stored run instead of refused."""
+    run_id, trace_id = new_id(), new_id()
+    patch = b'{"id": ' + q(run_id) + b', "end_time": "' + END_TIME.encode() + b'", "outputs": {"late": true}}'
+    since = storage.keys()
+    conn = http.start_post("/runs/batch", "application/json")
+    http.send_chunk(conn, b'{"patch": [' + patch + b'], "post": [')
+    deadline = time.monotonic() + 10  # the patch was read, found no run, and is stored alone
+    while not in_bucket(storage, [run_id], since):
+        assert time.monotonic() < deadline, "the patch was not stored while its body was open"
+        time.sleep(0.05)
+    post = run_json(run_id, trace_id, "posted meanwhile", inputs={"x": 1})
+    assert post_runs(http, b"[" + post + b"]").status == 201
+    http.send_chunk(conn, b"]}")
+    response = http.finish(conn)
+    assert (response.status, response.json()) == (202, {"ids": [], "patched": [run_id]}), response.body
+    got = http.get(f"/runs/{run_id}")
+    assert list(got.json()) == ["id", "trace_id", "name", "inputs", "end_time", "outputs"]
+    assert got.json()["outputs"] == {"late": True} and got.json()["inputs"] == {"x": 1}
+    assert posted_flag(storage, run_id) is True
+    assert [r["status"] for r in list_trace(http, trace_id)] == ["success"]
