@@ -228,14 +228,19 @@ in those. The machine has two cores, so a round can never take less than machine
 
 ### What separates the service from the floor
 
-- **The server is one thread, and it is the critical path.** During an ingest its CPU per round
-  comes close to the round's wall time (the table above). That CPU is the floor's upload work
-  (signing, checksums, aiohttp: the floor's client column) plus receiving 17 MB from a socket and
-  parsing every byte of it. The two cores are also shared with MinIO, which needs about one of
-  them during an upload.
+- **Objects no longer bound ingestion; the server's CPU does.** With one object per run, MinIO's
+  CPU per round (the `*_per_run` rows of the CPU table) was the largest column: every PUT costs
+  about the same whatever its size. Packed, a 17 MB batch is five PUTs, and the server's own CPU
+  comes close to the round's wall time. A py-spy profile of the server taking `500_10kb` batches
+  (`py-spy record -p <server pid>`) put about a third of its samples in ijson's parse, an eighth in
+  the validation loop over its events, a sixth in reading the socket (Tornado's `read_from_fd`),
+  and under a tenth each in building segments and in aiohttp's writes. The bytes floor parses
+  nothing and reads no socket.
+- **What is left after the body ends** is the last segment's PUT (at most `SEGMENT_BYTES`) and
+  the one INSERT of the rows; `segment_sizes` below shows what a smaller or larger segment buys.
 - **Parsing is the price of validation.** ijson's C backend turns every token into a Python
   event (about 40 ms per 17 MB body in process, more on a loaded machine), and the validation loop
-  over those events adds 15-30 ms (`splitter_cpu` below). The floor parses nothing.
+  over those events adds 15-30 ms (`splitter_cpu` below).
 - **Things tried that did not help:** uploading from a second thread with its own event loop
   (aiohttp there, the parser here) changed nothing measurable: the parser holds the GIL, and only
   the socket writes and the CRC would overlap.
@@ -245,10 +250,11 @@ in those. The machine has two cores, so a round can never take less than machine
   so the last half of the string is parsed, and its parts sent, only at the end. The server's own
   CPU for receiving, parsing and copying 50 MB (the CPU table) is the rest of the gap.
 - **GET adds a hop and a lookup.** A GET that goes to S3 is the hop (`http_hop_health`), a
-  PostgreSQL lookup of the run's current object key, and the S3 GET itself: the hop alone costs
-  more than a fifth of the floor, so no relaying server can be within 1.2× of a bare S3 GET on a
-  cold read. A run read again skips S3: object keys are never reused, so the cache needs no
-  invalidation, and the lookup still decides which object is current.
+  PostgreSQL lookup of the run's current object key and range, and the S3 GET itself: the hop
+  alone costs more than a fifth of the floor, so no relaying server can be within 1.2× of a bare
+  S3 GET on a cold read. A packed run is a ranged GET of its segment, checked to be exactly its
+  bytes (`206`, its length and range). A run read again skips S3: object keys are never reused,
+  so the cache needs no invalidation, and the lookup still decides which range is current.
 
 ## Segment sizes (`python -m benchmarks.segment_sizes`)
 
