@@ -130,6 +130,7 @@ class IngestHandler(JSONHandler):
         self.receiving = False  # a byte of the body has come
         self.body_ended = False
         self.linger: Linger | None = None  # answered early, the rest of the body being dropped
+        self.idle_timer: object | None = None  # watch_idle's next look, cancelled when done
 
     @property
     def run_count(self) -> int:
@@ -181,7 +182,14 @@ class IngestHandler(JSONHandler):
             task.add_done_callback(self.in_flight.cleanups.discard)
             return
         waited = 0 if self.idle_since is None else loop.time() - self.idle_since
-        loop.call_later(timeout - waited, self.watch_idle)
+        self.idle_timer = loop.call_later(timeout - waited, self.watch_idle)
+
+    def stop_watching_idle(self) -> None:
+        """The request is done: drop the pending look, which would keep the handler and its batch
+        in memory for up to BODY_IDLE_TIMEOUT seconds."""
+        if self.idle_timer is not None:
+            IOLoop.current().remove_timeout(self.idle_timer)
+            self.idle_timer = None
 
     def check_content_type(self, content_type: str) -> None:
         if content_type.split(";")[0].strip().lower() != self.content_type:
@@ -303,9 +311,11 @@ class IngestHandler(JSONHandler):
             IOLoop.current().call_later(self.config.linger_seconds, connection.close)
 
     def on_finish(self) -> None:
+        self.stop_watching_idle()
         self.leave_in_flight()
 
     def on_connection_close(self) -> None:
+        self.stop_watching_idle()
         if self.linger is not None:  # the client has gone, with the answer or not
             super().on_connection_close()
             self.end_linger()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import re
 import uuid
@@ -22,7 +23,7 @@ from urllib.parse import urljoin
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from handler.app import make_app
+from handler.app import IngestHandler, make_app
 from handler.auth import ApiKeys, hash_key
 from handler.config import Settings
 from handler.db import Database
@@ -314,3 +315,15 @@ async def test_streamed_runs_reach_the_bucket_before_the_body_ends(http_client, 
     assert response.code == 201, response.body
     assert json.loads(response.body)["ids"] == [r["id"] for r in first] + [last["id"]]
     assert await loop.run_in_executor(None, in_bucket, s3, settings.s3_bucket_name, [last["id"]], since)
+
+
+@pytest.mark.gen_test
+async def test_a_finished_batch_is_not_kept_in_memory(http_client, base_url):
+    """Nothing scheduled by a request (the body idle watch) outlives it: once the batches are
+    answered, no handler of theirs -- nor the batch it holds -- is alive."""
+    for _ in range(5):
+        response = await fetch(http_client, base_url + "/runs", **post_json(batch(run(), run())))
+        assert response.code == 201
+    await asyncio.sleep(0.1)  # the connections' close callbacks
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, IngestHandler)] == []
