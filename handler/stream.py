@@ -34,9 +34,10 @@ from handler.errors import RunError
 
 # A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one (and not itself an escaped backslash
 # followed by "u"). yajl turns such a lone surrogate into "?", so it must be caught on the bytes.
-_LONE_HIGH_SURROGATE = re.compile(
-    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-)
+# Found by its literal "\u" prefix (a fast scan), then checked: the backslash is not itself escaped
+# (an even run of backslashes before it) and no low half follows.
+_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+_LOW_SURROGATE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 # A string's closing quote: one not escaped, i.e. after an even run of backslashes.
 _STRING_END = re.compile(rb'(?<!\\)(?:\\\\)*"')
 # Where a large run may be cut into parts (at the end of a match) so that no escape sequence and
@@ -164,11 +165,15 @@ def _first_line(error: Exception) -> str:
 
 def _has_lone_surrogate(data: bytes | bytearray) -> bool:
     # find() of one byte is a memchr: data without any escape skips the slower searches.
-    return (
-        data.find(b"\\") >= 0
-        and (b"\\ud" in data or b"\\uD" in data)
-        and _LONE_HIGH_SURROGATE.search(data) is not None
-    )
+    if data.find(b"\\") < 0 or (b"\\ud" not in data and b"\\uD" not in data):
+        return False
+    for high in _HIGH_SURROGATE.finditer(data):
+        start = before = high.start()
+        while before and data[before - 1] == _BACKSLASH:
+            before -= 1
+        if (start - before) % 2 == 0 and _LOW_SURROGATE.match(data, high.end()) is None:
+            return True
+    return False
 
 
 def _clean_cut(data: bytearray, low: int, scanned: int) -> int | None:
