@@ -38,8 +38,6 @@ from handler.errors import RunError
 # (an even run of backslashes before it) and no low half follows.
 _HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _LOW_SURROGATE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
-# A string's closing quote: one not escaped, i.e. after an even run of backslashes.
-_STRING_END = re.compile(rb'(?<!\\)(?:\\\\)*"')
 # Where a large run may be cut into parts (at the end of a match) so that no escape sequence and
 # no surrogate pair straddles the cut: after 12 bytes without a backslash (a pair's escapes are 12
 # bytes), or just before a \u escape that is not the low half of a pair (text that is all escapes,
@@ -176,6 +174,21 @@ def _has_lone_surrogate(data: bytes | bytearray) -> bool:
     return False
 
 
+def _string_end(chunk: bytes, pos: int) -> int | None:
+    """Just past the first closing quote of a string at or after ``pos``: a quote after an even
+    run of backslashes that starts at ``pos`` or later. Each quote is found by find() (a memchr)
+    and its backslashes counted, where a regex with a lookbehind was tried at every byte."""
+    quote = chunk.find(b'"', pos)
+    while quote >= 0:
+        start = quote
+        while start > pos and chunk[start - 1] == _BACKSLASH:
+            start -= 1
+        if (quote - start) % 2 == 0 and (start == 0 or chunk[start - 1] != _BACKSLASH):
+            return quote + 1
+        quote = chunk.find(b'"', quote + 1)
+    return None
+
+
 def _clean_cut(data: bytearray, low: int, scanned: int) -> int | None:
     """A position at or after ``low`` where ``data`` may be cut (see _CUT), or None. No cut ends
     before ``scanned`` + 12 (an earlier search found none there)."""
@@ -282,8 +295,8 @@ class RunSplitter:
         pos = 0
         while pos < len(chunk):
             if self._in_string:
-                quote = _STRING_END.search(chunk, pos)
-                end = len(chunk) if quote is None else quote.end()
+                quote = _string_end(chunk, pos)
+                end = len(chunk) if quote is None else quote
             else:
                 brace = chunk.find(b"}", pos)
                 end = len(chunk) if brace < 0 else brace + 1
