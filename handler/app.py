@@ -202,7 +202,7 @@ class IngestHandler(JSONHandler):
         """What this request holds in memory now, as the budget counts it."""
         if self.ingest is None:
             return 0
-        return self.reader.buffered + self.ingest.held_bytes
+        return (self.reader.buffered if self.reader is not None else 0) + self.ingest.held_bytes
 
     async def data_received(self, chunk: bytes) -> None:
         self.receiving = True
@@ -257,6 +257,7 @@ class IngestHandler(JSONHandler):
             log.exception("unexpected error in %s %s", self.request.method, self.request.path, exc_info=error)
             error = RunError(500, "internal error")
         await self.ingest.abort(error)
+        self.reader = None  # what it holds is no longer counted: let it go (a linger may last)
         self.fail(error)
 
     def fail(self, error: RunError) -> None:

@@ -125,8 +125,8 @@ class Watched(RunSplitter):
 
 def test_long_strings_are_judged_as_yajl_judges_them_whole():
     """Strings checked here (a threshold of 40 bytes makes most strings long, but not the run's
-    checked fields: a UUID is 36 bytes) against the same bodies parsed by yajl alone, chunked at random, held whole and in parts; and against the
-    oracle of tests/test_hostile_input.py."""
+    checked fields: a UUID is 36 bytes) against the same bodies parsed by yajl alone, chunked at
+    random, held whole and in parts; and against the oracle of tests/test_hostile_input.py."""
     rng = random.Random(7)
     checked, Watched.checked = 0, 0
     for _ in range(1500):
