@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from handler.budget import Budget, Busy
+from handler.budget import Budget, Busy, Claim
 from handler.config import MIB, Settings
 from tests.conftest import Store
 from tests.server import Server, start_server
@@ -55,6 +57,27 @@ def storage(s3, db, budget_server) -> Store:
     return Store(s3, db, budget_server.bucket)
 
 
+def buffered(server: Server) -> float:
+    """The server's bytes held against the budget (its gauge in /metrics)."""
+    text = server.client.get("/metrics").body.decode()
+    return float(re.search(r"^run_handler_buffered_bytes (\S+)$", text, re.M).group(1))
+
+
+def hold_most_of_the_budget(server: Server, body: bytes):
+    """Send all but the end of ``body`` (a /runs/batch body: its run is held whole until it
+    ends), and wait until the server holds it; returns the connection, and what is left to send."""
+    client = server.client
+    conn = client.start_post("/runs/batch")
+    cut = len(body) - 1000
+    for i in range(0, cut, CHUNK):
+        client.send_chunk(conn, body[i : min(i + CHUNK, cut)])
+    deadline = time.monotonic() + 60
+    while buffered(server) < cut - MIB and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert buffered(server) >= cut - MIB
+    return conn, body[cut:]
+
+
 def big_run(size: int, run_id: str | None = None) -> bytes:
     """One run whose input is a single string of about ``size`` bytes."""
     run = {"trace_id": str(uuid.uuid4()), "name": "big", "inputs": {"text": "q" * size}}
@@ -84,6 +107,32 @@ def test_budget_waiters_are_served_in_order_and_refused_in_time():
     asyncio.run(main())
 
 
+def test_an_older_request_waiting_refuses_younger_waiters_that_hold_what_it_needs():
+    """Requests that hold part of the budget and wait for more would wait for each other until
+    they all time out: the youngest waiters are refused at once, so the oldest progresses."""
+
+    async def main() -> None:
+        budget = Budget(100, wait_seconds=30)
+        old, young, younger = (Claim(budget, lambda: 0) for _ in range(3))
+        for claim in (old, young, younger):
+            await claim.room(30)  # each holds 30
+        assert budget.held == 90
+        old_waits = asyncio.ensure_future(budget.acquire(20, 30, old.rank))
+        young_waits = asyncio.ensure_future(budget.acquire(20, 30, young.rank))
+        await asyncio.wait([young_waits], timeout=1)
+        with pytest.raises(Busy):
+            young_waits.result()  # refused at once: its 30 cover what the oldest lacks
+        younger_waits = asyncio.ensure_future(budget.acquire(20, 30, younger.rank))
+        await asyncio.sleep(0.01)
+        assert not old_waits.done() and not younger_waits.done()  # 30 are on their way back
+        budget.let_go(30)  # the refused request is undone and gives back what it held
+        budget.release(30)
+        await asyncio.wait([old_waits, younger_waits], timeout=1)
+        assert old_waits.done() and younger_waits.done() and budget.held == 100  # oldest first
+
+    asyncio.run(main())
+
+
 def test_the_server_refuses_to_start_with_a_budget_too_small_for_one_request(monkeypatch):
     monkeypatch.setenv("MAX_RUN_BYTES", str(MAX_RUN))
     monkeypatch.setenv("UPLOAD_WINDOW_BYTES", str(WINDOW))
@@ -102,12 +151,7 @@ def test_a_request_without_room_is_503_with_retry_after_and_leaves_nothing(budge
     a_id, b_id = str(uuid.uuid4()), str(uuid.uuid4())
     a_run, b_run = big_run(14 * MIB, a_id), big_run(14 * MIB, b_id)
     before = storage.snapshot()
-    a = client.start_post("/runs/batch")
-    a_body = b'{"post":[' + a_run + b"]}"
-    cut = len(a_body) - 1000
-    for i in range(0, cut, CHUNK):
-        client.send_chunk(a, a_body[i : min(i + CHUNK, cut)])
-    # A's bytes are in the server before B starts: B's answer says when they have been read.
+    a, a_rest = hold_most_of_the_budget(budget_server, b'{"post":[' + a_run + b"]}")
     b = client.start_post("/runs/batch")
     b_body = b'{"post":[' + b_run + b"]}"
     try:
@@ -118,7 +162,7 @@ def test_a_request_without_room_is_503_with_retry_after_and_leaves_nothing(budge
     b_answer = client.finish(b)
     assert b_answer.status == 503, b_answer.body[:300]
     assert "busy" in b_answer.json()["error"]
-    client.send_chunk(a, a_body[cut:])
+    client.send_chunk(a, a_rest)
     a_answer = client.finish(a)
     assert a_answer.status == 202, a_answer.body[:300]
     assert client.get(f"/runs/{a_id}").body == a_run
@@ -133,10 +177,8 @@ def test_a_503_carries_retry_after(budget_server):
     import http.client
 
     client = budget_server.client
-    hold = client.start_post("/runs/batch")
     body = b'{"post":[' + big_run(14 * MIB) + b"]}"
-    for i in range(0, len(body) - 1000, CHUNK):
-        client.send_chunk(hold, body[i : min(i + CHUNK, len(body) - 1000)])
+    hold, rest = hold_most_of_the_budget(budget_server, body)
     other = http.client.HTTPConnection(client.host, client.port, timeout=120)
     other.putrequest("POST", "/runs/batch")
     other.putheader("Content-Type", "application/json")
@@ -152,7 +194,7 @@ def test_a_503_carries_retry_after(budget_server):
     assert response.status == 503
     assert int(response.getheader("Retry-After")) >= 1
     other.close()
-    client.send_chunk(hold, body[len(body) - 1000 :])
+    client.send_chunk(hold, rest)
     assert client.finish(hold).status == 202
 
 
