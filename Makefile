@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
-.PHONY: help install services-up services-down services-status db-up db-down db-migrate \
+.PHONY: help install concurrency services-up services-down services-status db-up db-down db-migrate \
         db-downgrade gc compact server test-setup js-test-setup ui-test-setup ui-screenshot test fuzz benchmark memprofile load lint lint-fix format clean
 
 help:
@@ -115,6 +115,13 @@ memprofile: test-setup
 		| tee .benchmarks/memory.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 | tee -a .benchmarks/memory.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 25000 | tee -a .benchmarks/memory.txt
+
+# N clients at once, each one run of a 90 MB string, with default settings (5.8 GB over loopback at 64).
+concurrency: test-setup
+	@mkdir -p .benchmarks
+	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 8 | tee .benchmarks/concurrency.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 32 | tee -a .benchmarks/concurrency.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 64 | tee -a .benchmarks/concurrency.txt
 
 # 32 clients streaming batches for 60 s against one server, then every sampled run verified.
 load: install

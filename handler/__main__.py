@@ -13,6 +13,7 @@ import tornado.httpserver
 
 from handler.app import InFlight, make_app
 from handler.auth import hash_key
+from handler.budget import Budget
 from handler.compact import compact
 from handler.config import Settings, env_file
 from handler.db import Database
@@ -40,8 +41,10 @@ async def serve(settings: Settings) -> None:
         await store.ensure_bucket()
         await db.start()
         in_flight = InFlight()
+        budget = Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
         server = tornado.httpserver.HTTPServer(
-            make_app(settings, store, db, in_flight), idle_connection_timeout=300
+            make_app(settings, store, db, in_flight, budget),
+            idle_connection_timeout=300,
         )
         try:
             sockets = bind(settings)

@@ -19,6 +19,7 @@ from tornado.ioloop import IOLoop
 
 from handler import __version__, docs, metrics, ops
 from handler.auth import ApiKeys
+from handler.budget import Budget, Claim
 from handler.config import MIB, Settings
 from handler.db import Database
 from handler.decompress import decoder_for
@@ -96,7 +97,13 @@ class JSONHandler(tornado.web.RequestHandler):
             return
         self.clear()
         self.set_status(error.status)
+        self.set_retry_after(error)
         self.finish(error.to_json())  # on a closed connection this writes nothing and does not raise
+
+    def set_retry_after(self, error: RunError) -> None:
+        retry_after = getattr(error, "retry_after", None)  # budget.Busy
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.finish({"error": self._reason})
@@ -119,9 +126,10 @@ class IngestHandler(JSONHandler):
     content_type = "application/json"
     ingest_methods = ("POST",)
 
-    def initialize(self, in_flight: InFlight, **deps) -> None:
+    def initialize(self, in_flight: InFlight, budget: Budget, **deps) -> None:
         super().initialize(**deps)
         self.in_flight = in_flight
+        self.claim = Claim(budget, self.held_bytes)  # this request's share of the memory budget
         self.ingest: BatchIngest | None = None
         self.committing = False
         self.counted = False  # in self.in_flight
@@ -155,7 +163,7 @@ class IngestHandler(JSONHandler):
             self.decoder = decoder_for(
                 self.request.headers.get("Content-Encoding"), self.config.max_body_bytes
             )
-            self.ingest = BatchIngest(self.store, self.db, self.config, tenant)
+            self.ingest = BatchIngest(self.store, self.db, self.config, tenant, self.claim.settle)
             self.reader = self.make_reader(self.ingest)
         except RunError as e:
             return self.fail(e)
@@ -198,6 +206,12 @@ class IngestHandler(JSONHandler):
     def make_reader(self, ingest: BatchIngest):
         raise NotImplementedError
 
+    def held_bytes(self) -> int:
+        """What this request holds in memory now, as the budget counts it."""
+        if self.ingest is None:
+            return 0
+        return (self.reader.buffered if self.reader is not None else 0) + self.ingest.held_bytes
+
     async def data_received(self, chunk: bytes) -> None:
         self.receiving = True
         if self.linger is not None:
@@ -214,7 +228,12 @@ class IngestHandler(JSONHandler):
             if self.body_bytes > self.config.max_body_bytes:
                 raise RunError(413, f"body is larger than {self.config.max_body_bytes} bytes")
             for piece in self.decoder.decode(chunk):
+                # Waiting for room here keeps Tornado from reading the socket: TCP pushes back.
+                await self.claim.room(len(piece))
+                if self.ingest.aborted:
+                    return
                 await self.reader.feed(piece)
+                self.claim.done_taking()
         except Exception as e:
             await self.reject(e)
         else:
@@ -246,6 +265,7 @@ class IngestHandler(JSONHandler):
             log.exception("unexpected error in %s %s", self.request.method, self.request.path, exc_info=error)
             error = RunError(500, "internal error")
         await self.ingest.abort(error)
+        self.reader = None  # what it holds is no longer counted: let it go (a linger may last)
         self.fail(error)
 
     def fail(self, error: RunError) -> None:
@@ -266,6 +286,7 @@ class IngestHandler(JSONHandler):
         body = json.dumps(error.to_json()).encode()
         self.clear()
         self.set_status(error.status)
+        self.set_retry_after(error)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_header("Content-Length", len(body))
         self.set_header("Connection", "close")
@@ -331,6 +352,7 @@ class IngestHandler(JSONHandler):
             task.add_done_callback(lambda _: self.leave_in_flight())
 
     def leave_in_flight(self) -> None:
+        self.claim.close()
         if self.counted:
             self.counted = False
             self.in_flight.leave()
@@ -533,12 +555,18 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 def make_app(
-    settings: Settings, store: ObjectStore, db: Database, in_flight: InFlight | None = None
+    settings: Settings,
+    store: ObjectStore,
+    db: Database,
+    in_flight: InFlight | None = None,
+    budget: Budget | None = None,
 ) -> tornado.web.Application:
+    """The routes; ``budget`` is the memory all ingesting requests share (one per process)."""
     from handler import projects, query, ui  # the read API and the viewer (they import this module)
 
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
-    ingest_deps = {**deps, "in_flight": in_flight or InFlight()}
+    budget = budget or Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
+    ingest_deps = {**deps, "in_flight": in_flight or InFlight(), "budget": budget}
     return tornado.web.Application(
         [
             *query.routes(deps),

@@ -66,6 +66,8 @@ class Settings:
     body_idle_timeout: float
     linger_seconds: float
     linger_bytes: int
+    max_buffered_bytes: int = 256 * MIB
+    budget_wait_seconds: float = 30
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -97,6 +99,24 @@ class Settings:
         for name in ("SEGMENT_BYTES", "SEGMENT_MAX_WAIT_MS", "PACK_MAX_RUN_BYTES"):
             if get_int(name, 0) < 0:
                 raise SystemExit(f"run-handler: {name} cannot be negative")
+
+        # One request alone must always fit: a run held whole, a full upload window, the open
+        # segment and a sealed one, and the chunk being decoded (README: MAX_BUFFERED_BYTES).
+        max_buffered = get_int("MAX_BUFFERED_BYTES", 256 * MIB)
+        one_request = (
+            get_int("MAX_RUN_BYTES", 100 * MIB)
+            + get_int("UPLOAD_WINDOW_BYTES", 64 * MIB)
+            + 2 * get_int("SEGMENT_BYTES", 4 * MIB)
+            + MIB
+        )
+        if max_buffered < one_request:
+            raise SystemExit(
+                f"run-handler: MAX_BUFFERED_BYTES ({max_buffered}) must be at least MAX_RUN_BYTES + "
+                f"UPLOAD_WINDOW_BYTES + 2 * SEGMENT_BYTES + 1 MiB ({one_request}), so that one "
+                "request alone always fits"
+            )
+        if get_int("BUDGET_WAIT_SECONDS", 30) < 1:
+            raise SystemExit("run-handler: BUDGET_WAIT_SECONDS must be at least 1")
 
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
@@ -134,6 +154,8 @@ class Settings:
             body_idle_timeout=get_int("BODY_IDLE_TIMEOUT", 60),
             linger_seconds=get_int("LINGER_SECONDS", 10),
             linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
+            max_buffered_bytes=max_buffered,
+            budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
         )
 
     @property

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 
 from handler.config import Settings
 from handler.db import CommitUnknown, Database
@@ -54,12 +55,20 @@ class BatchIngest:
     before its run's post is stored alone and the post is merged under it later.
     """
 
-    def __init__(self, store: ObjectStore, db: Database, settings: Settings, tenant: str) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        db: Database,
+        settings: Settings,
+        tenant: str,
+        on_freed: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_freed`` is called whenever an upload ends (its bytes are no longer held)."""
         self.tenant = tenant
         self._store = store
         self._db = db
         self._settings = settings
-        self._uploads = Uploads(store, settings.upload_concurrency, settings.upload_window_bytes)
+        self._uploads = Uploads(store, settings.upload_concurrency, settings.upload_window_bytes, on_freed)
         self._packer = (
             Packer(self._uploads, tenant, settings.segment_bytes, settings.segment_max_wait_ms / 1000)
             if settings.segment_bytes
@@ -85,6 +94,11 @@ class BatchIngest:
     @property
     def object_count(self) -> int:
         return self._uploads.objects
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held for this request's uploads: in flight, waiting to start, the open segment."""
+        return self._uploads.held_bytes + (self._packer.held_bytes if self._packer is not None else 0)
 
     async def add_run(self, run: Run) -> None:
         """A run to create; its upload starts now (or when its segment is sealed)."""

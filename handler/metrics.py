@@ -71,3 +71,22 @@ OBJECT_BYTES = Histogram(
     registry=REGISTRY,
 )
 """Whether segments fill up (SEGMENT_BYTES) or are sealed early by SEGMENT_MAX_WAIT_MS."""
+
+BUFFERED_BYTES = Gauge(
+    "run_handler_buffered_bytes",
+    "Bytes held for requests against the process-wide budget (MAX_BUFFERED_BYTES).",
+    registry=REGISTRY,
+)
+"""How close the server is to pushing back on clients."""
+
+BUDGET_WAITING = Gauge(
+    "run_handler_budget_waiting_requests",
+    "Requests waiting for room in the memory budget (their sockets are not being read).",
+    registry=REGISTRY,
+)
+
+BUDGET_REFUSED = Counter(
+    "run_handler_budget_refused_total",
+    "Requests answered 503 because no memory came free within BUDGET_WAIT_SECONDS.",
+    registry=REGISTRY,
+)

@@ -76,6 +76,12 @@ class MultipartReader:
             },
         )
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of the parts held: the run being gathered and the part being received."""
+        parts = {id(p): p for p in (self._part, self._main, *self._parts, *(p for _, p in self._fields)) if p}
+        return sum(len(p.data) for p in parts.values())
+
     async def feed(self, chunk: bytes) -> None:
         try:
             self._parser.write(chunk)

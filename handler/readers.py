@@ -45,6 +45,10 @@ class ArrayReader:
         self._single: bytearray | None = None
         self._decided = False
 
+    @property
+    def buffered(self) -> int:
+        return self._splitter.buffered + (len(self._single) if self._single is not None else 0)
+
     async def feed(self, chunk: bytes) -> None:
         if not self._decided:
             head = chunk.lstrip(_WHITESPACE)
@@ -87,6 +91,10 @@ class PatchReader:
         self._run_id = run_id
         self._body = bytearray()
 
+    @property
+    def buffered(self) -> int:
+        return len(self._body)
+
     async def feed(self, chunk: bytes) -> None:
         self._body += chunk
         if len(self._body) > self._settings.max_run_bytes:
@@ -116,6 +124,10 @@ class BatchReader:
         self._section: str | None = None
         self._splitter: RunSplitter | None = None
         self._count = 0  # runs and patches so far: they share the batch's limit
+
+    @property
+    def buffered(self) -> int:
+        return self._splitter.buffered if self._splitter is not None else 0
 
     async def feed(self, chunk: bytes) -> None:
         while chunk:

@@ -66,6 +66,13 @@ class Packer:
         self._timer: asyncio.TimerHandle | None = None
         self._sealing: set[asyncio.Task] = set()  # seals started by the timer
 
+    @property
+    def held_bytes(self) -> int:
+        """The open segment, and the sealed ones waiting for upload room (their sealed copies are
+        counted by the Uploads as waiting)."""
+        held = len(self._open.data) if self._open is not None else 0
+        return held + sum(len(segment.data) for segment in self._waiting.values())
+
     async def add(self, body: bytes) -> Location:
         """Pack a run; returns where it will be. Waits for upload room when the segment fills, or
         while a segment sealed by the wait still waits for it (so at most one segment is open and

@@ -11,6 +11,14 @@ With ``part_bytes``, a run that outgrows twice that is not held whole either: it
 first part are handed out (RunPart) as they are parsed, for the caller to upload while the rest
 arrives.
 
+A long string is not held by yajl either. Once yajl has gone ``long_string_bytes`` without an
+event and the bytes since its last event prove it is inside a string (a quote, or more than a
+literal's worth of bytes that cannot be outside one), the string's bytes from the next clean point
+(no escape, surrogate pair or UTF-8 character cut) on are checked here instead, piece by piece, by
+the same rules (a separate yajl parse of each piece, exact for escapes, control characters, UTF-8
+and surrogates), and yajl is given a short stand-in (a digest of what it did not see) before the
+closing quote. The run's bytes themselves are kept and handed out exactly as before.
+
 yajl re-reads a token that spans chunks from its start on every chunk, so a 50 MB string fed in
 64 KB chunks costs quadratic time. When a feed yields no event at all (the parser is inside one long
 token), input is held back until it has doubled, which keeps the total work linear. For the same
@@ -21,6 +29,7 @@ piece runs to the string's closing quote.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Callable
@@ -40,10 +49,20 @@ _HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _LOW_SURROGATE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 # Where a large run may be cut into parts (at the end of a match) so that no escape sequence and
 # no surrogate pair straddles the cut: after 12 bytes without a backslash (a pair's escapes are 12
-# bytes), or just before a \u escape that is not the low half of a pair (text that is all escapes,
-# as json.dumps writes non-ASCII, has one every 6 bytes). A backslash after anything but a backslash
-# starts an escape.
-_CUT = re.compile(rb"[^\\]{12}|[^\\](?=\\u(?:[^dD]|[dD][^c-fC-F]))")
+# bytes), or just before an escape that is not the low half of a pair (text that is all escapes,
+# as json.dumps writes non-ASCII, has one every 6 bytes; JSON kept as a string a \" every few). A
+# backslash after anything but a backslash starts an escape.
+_CUT = re.compile(rb"[^\\]{12}|[^\\](?=\\(?:[^u]|u(?:[^dD]|[dD][^c-fC-F])))")
+# A clean point inside a string, where its bytes may be checked apart (at the end of a match): after
+# 12 bytes without a backslash and before a byte that starts a UTF-8 character, or before an escape
+# (a backslash after anything but a backslash) that is not the low half of a surrogate pair.
+_CLEAN = re.compile(rb"[^\\]{12}(?=[^\x80-\xbf])|[^\\](?=\\(?:[^u]|u(?:[^dD]|[dD][^c-fC-F])))")
+# Bytes that may come outside a string without any parser event: whitespace, separators, a number.
+_EVENTLESS = b" \t\r\n,:0123456789+-.eE"
+_CONTROL = bytes(range(0x20))
+# A string's bytes from a clean point to its closing quote (escapes taken whole).
+_STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.S)
+LONG_STRING_BYTES = 1 << 20
 _WHITESPACE = b" \t\r\n"
 _SEPARATORS = _WHITESPACE + b",[]"
 _OPEN_BRACE, _BACKSLASH = ord("{"), ord("\\")
@@ -198,6 +217,14 @@ def _clean_cut(data: bytearray, low: int, scanned: int) -> int | None:
     return found.end() if found else None
 
 
+def _string_end(data: bytes) -> int | None:
+    """Where a string's bytes (from a clean point) end: just after its closing quote, or None."""
+    if b'"' not in data:
+        return None
+    found = _STRING_REST.match(data)
+    return found.end() if found else None
+
+
 def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
     """``data`` is exactly one JSON value, held to the rules of a run's bytes (a payload part that
     is joined into a run: alone, it must not be able to add fields or end the object early)."""
@@ -229,6 +256,7 @@ class RunSplitter:
         noun: str = "run",
         nested: bool = False,
         part_bytes: int = 0,
+        long_string_bytes: int = LONG_STRING_BYTES,
     ) -> None:
         self.max_run_bytes = max_run_bytes
         self.max_runs = max_runs
@@ -249,6 +277,14 @@ class RunSplitter:
         self._scanned = 0  # where the search for a clean cut may start (see _spill)
         self._spilled = 0  # bytes of the open run handed out
         self._parts = 0
+        # A string this long is checked here, not buffered by yajl (see the top); 0 never.
+        self.long_string_bytes = long_string_bytes
+        self._quiet = 0  # bytes given to yajl since its last event: about what it holds
+        self._quiet_quote = False  # a quote among them
+        self._quiet_other = 0  # bytes among them that are not _EVENTLESS (counted up to 5)
+        self._long = False  # inside a long string, checking it here
+        self._long_rest = b""  # its bytes after the last clean point, not yet checked
+        self._long_digest = hashlib.blake2b(digest_size=8)
         # Counted from the top-level array: a run's own fields are at depth 2.
         self.max_depth = max_depth
         self._events = ijson.sendable_list()
@@ -271,7 +307,14 @@ class RunSplitter:
         self._unfed = bytearray()
         self._hold = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held: the run being received, input held back, and what yajl holds."""
+        return len(self._pending) + len(self._unfed) + self._quiet + len(self._long_rest)
+
     def feed(self, chunk: bytes) -> list[Run | RunPart]:
+        if self._long:
+            return self._feed_long(chunk)
         if self._unfed or self._hold:
             self._unfed += chunk
             # Never hold back more than could still belong to the run being received: beyond
@@ -282,8 +325,9 @@ class RunSplitter:
             chunk = bytes(self._unfed)
             self._unfed.clear()
         events_before = self._event_count
-        runs = self._feed_pieces(chunk)
-        self._hold = 0 if self._event_count > events_before else 2 * max(self._hold, len(chunk))
+        runs = self._enter_long(chunk) if self._in_long_string() else self._feed_pieces(chunk)
+        quiet = self._event_count == events_before and not self._long
+        self._hold = 2 * max(self._hold, len(chunk)) if quiet else 0
         return runs
 
     def _feed_pieces(self, chunk: bytes) -> list[Run | RunPart]:
@@ -301,7 +345,12 @@ class RunSplitter:
                 brace = chunk.find(b"}", pos)
                 end = len(chunk) if brace < 0 else brace + 1
             events_before = self._event_count
-            runs.extend(self._feed_piece(chunk[pos:end]))
+            piece = chunk[pos:end]
+            runs.extend(self._feed_piece(piece))
+            if self._event_count == events_before:
+                self._note_quiet(piece)
+            else:
+                self._quiet, self._quiet_quote, self._quiet_other = 0, False, 0
             if self._in_string:
                 # Still inside only if no quote came; after a backslash, whether the next quote
                 # ends the string depends on what came before: cut at braces again.
@@ -314,6 +363,99 @@ class RunSplitter:
                 self.rest += chunk[pos:]
                 break
         return runs
+
+    def _note_quiet(self, piece: bytes) -> None:
+        self._quiet += len(piece)
+        if not self._quiet_quote:
+            if b'"' in piece:
+                self._quiet_quote = True
+            elif self._quiet_other < 5:
+                self._quiet_other += len(piece.translate(None, _EVENTLESS))
+
+    # -- long strings (see the top) -------------------------------------------------------------
+
+    def _in_long_string(self) -> bool:
+        """Whether yajl is known to be inside a string it has held for long_string_bytes.
+
+        Between two events yajl completes no token. Outside a string it can only take whitespace,
+        separators, a number and the start of a literal (at most 4 letters) without one; and a
+        quote would start a string that cannot have ended. So a quote, or more than 4 other bytes,
+        among the bytes since the last event mean yajl is inside a string."""
+        return (
+            0 < self.long_string_bytes <= self._quiet
+            and (self._quiet_quote or self._quiet_other > 4)
+            and self._run is not None
+            and self._closed is None
+            and self._events is not None
+        )
+
+    def _enter_long(self, chunk: bytes) -> list[Run | RunPart]:
+        """yajl is inside a long string: give it the string's bytes up to the chunk's first clean
+        point, and check the rest here."""
+        clean = _CLEAN.search(chunk)
+        if clean is None:
+            return self._feed_pieces(chunk)
+        events_before = self._event_count
+        runs = self._feed_pieces(chunk[: clean.end()])
+        if self._event_count != events_before or not self._in_long_string():
+            # The string ended before that point (an event): no long string after all.
+            return runs + self._feed_pieces(chunk[clean.end() :])
+        self._long, self._long_rest = True, b""
+        self._long_digest = hashlib.blake2b(digest_size=8)
+        return runs + self._feed_long(chunk[clean.end() :])
+
+    def _feed_long(self, chunk: bytes) -> list[Run | RunPart]:
+        """Bytes of a long string (and, once it ends, what follows it)."""
+        if b"\x0b" in chunk or b"\x0c" in chunk:
+            raise RunError(
+                400, "invalid JSON: vertical tab or form feed outside a string escape", self._run.index
+            )
+        rest = self._long_rest
+        data = rest + chunk if rest else chunk
+        end = _string_end(data)
+        if end is None:
+            clean = None
+            for clean in _CLEAN.finditer(data, max(0, len(data) - 64)):  # noqa: B007 (the last)
+                pass
+            if clean is None:  # no clean point near the end (a run of backslashes): yajl takes over
+                self._long, self._long_rest = False, b""
+                if rest:  # (an empty send would end yajl's input)
+                    self._parse(rest, last=False)
+                    self._note_quiet(rest)
+                self._in_string = True
+                return self._feed_pieces(chunk)
+            self._check_string(data[: clean.end()])
+            self._long_rest = data[clean.end() :]
+            return self._take_bytes(chunk)
+        self._check_string(data[: end - 1])
+        self._long, self._long_rest, self._in_string = False, b"", False
+        runs = self._take_bytes(chunk[: end - len(rest)])
+        # The stand-in: what yajl did not see, as a digest, so that two long keys still differ;
+        # after a "z", so that a \u escape cut short before the clean point is not completed.
+        self._parse(b"z" + self._long_digest.hexdigest().encode() + b'"', last=False)
+        self._quiet, self._quiet_quote, self._quiet_other = 0, False, 0
+        return runs + self._feed_pieces(chunk[end - len(rest) :])
+
+    def _check_string(self, content: bytes) -> None:
+        """Bytes from inside a string, between clean points: valid as yajl and ijson have it."""
+        if not content:
+            return
+        self._long_digest.update(content)
+        if content.isascii() and b"\\" not in content:
+            if len(content.translate(None, _CONTROL)) == len(content):
+                return
+        try:
+            for _ in ijson.basic_parse(b'"' + content + b'"'):
+                pass
+        except (ijson.JSONError, ValueError, ArithmeticError, SystemError) as e:
+            raise self._invalid(e) from None
+
+    def _take_bytes(self, data: bytes) -> list[RunPart]:
+        """Bytes of the run that yajl is not given."""
+        self._pending += data
+        if len(self._pending) + self._spilled > self.max_run_bytes:
+            raise self._too_large(self._run.index)
+        return self._spill() if self.part_bytes else []
 
     def close(self) -> list[Run | RunPart]:
         """Signal the end of the body and return the runs still held back.
@@ -339,25 +481,30 @@ class RunSplitter:
             else:
                 self._parser.send(chunk)
         except (ijson.JSONError, ValueError, ArithmeticError, SystemError) as e:
-            # ijson turns every string and number into a Python value: bytes that yajl lets
-            # through (overlong UTF-8, encoded surrogates) fail to decode, and numbers beyond
-            # Python's limits (over 4300 digits, an exponent of 10**18) fail to convert.
             if isinstance(e, ijson.JSONError):
-                message = _first_line(e)
                 # Events parsed before the error still count: they tell which run was broken.
                 self._validate()
             else:
                 # Never read the events after such an error: ijson 3.x can leave an event whose
                 # value is a NULL pointer in the list, and touching it crashes the process.
                 self._events = None
-                if isinstance(e, UnicodeError):
-                    message = "invalid UTF-8 or an unpaired surrogate"
-                else:
-                    message = "a number too large to handle"
-            where = self._name(self._run.index) if self._run else "body"
-            index = self._run.index if self._run else None
-            raise RunError(400, f"invalid JSON in {where}: {message}", index) from None
+            raise self._invalid(e) from None
         self._validate()
+
+    def _invalid(self, e: Exception) -> RunError:
+        """The 400 for an error of yajl or ijson while parsing the run being received."""
+        # ijson turns every string and number into a Python value: bytes that yajl lets
+        # through (overlong UTF-8, encoded surrogates) fail to decode, and numbers beyond
+        # Python's limits (over 4300 digits, an exponent of 10**18) fail to convert.
+        if isinstance(e, ijson.JSONError):
+            message = _first_line(e)
+        elif isinstance(e, UnicodeError):
+            message = "invalid UTF-8 or an unpaired surrogate"
+        else:
+            message = "a number too large to handle"
+        where = self._name(self._run.index) if self._run else "body"
+        index = self._run.index if self._run else None
+        return RunError(400, f"invalid JSON in {where}: {message}", index)
 
     def _validate(self) -> None:
         """Check the events ijson produced; runs are the objects at depth 2 (inside the array).

@@ -65,9 +65,13 @@ class PartsUpload:
 class Uploads:
     """Every object of one request: started as tasks within the window, waited for by name."""
 
-    def __init__(self, store: ObjectStore, max_count: int, max_bytes: int) -> None:
+    def __init__(
+        self, store: ObjectStore, max_count: int, max_bytes: int, on_freed: Callable[[], None] | None = None
+    ) -> None:
         self._store = store
         self._window = UploadWindow(max_count, max_bytes)
+        self._on_freed = on_freed  # an upload ended: its bytes are no longer held
+        self._queued = 0  # bytes of uploads waiting for window room
         self._tasks: dict[str, asyncio.Task] = {}  # name -> its upload, while it runs
         self.keys: list[str] = []  # every object this request uploads: deleted if it fails
         self._parts_uploads: list[PartsUpload] = []  # dropped if the request fails
@@ -78,6 +82,11 @@ class Uploads:
     def objects(self) -> int:
         """Objects this request has written or is writing (for the access log)."""
         return len(self.keys)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of this request's uploads, in flight or waiting for window room."""
+        return self._window.bytes + self._queued
 
     async def put(
         self, key: str, body: bytes | bytearray, kind: str, content_type: str = "application/json"
@@ -174,7 +183,11 @@ class Uploads:
     async def _start(self, name: str, size: int, send: Callable[[], Awaitable[None]]) -> asyncio.Task:
         """Run ``send`` (an upload of ``size`` bytes) as a task named ``name`` once the window has
         room; returns the task."""
-        await self._window.acquire(size)
+        self._queued += size
+        try:
+            await self._window.acquire(size)
+        finally:
+            self._queued -= size
         if self.aborted:  # the request ended while we waited for room
             self._window.release(size)
             raise RunError(499, "batch aborted")
@@ -193,6 +206,8 @@ class Uploads:
             self._failure = self._failure or RunError(503, f"upload failed: {e}")
         finally:
             self._window.release(size)
+            if self._on_freed is not None and size:
+                self._on_freed()
 
 
 def _written(kind: str, size: int) -> None:

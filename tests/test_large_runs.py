@@ -240,3 +240,38 @@ def test_a_large_run_posted_after_its_patch_takes_the_patch(parts_server, storag
     assert (response.status, response.json()) == (201, {"ids": [run_id]}), response.body
     assert json.loads(parts_server.client.get(f"/runs/{run_id}").body) == {**run, "name": "patched"}
     assert open_uploads(storage) == []
+
+
+def test_a_60_mb_string_goes_up_in_parts_while_it_arrives(parts_server, storage):
+    """A single string is not held back until it ends (by yajl, or by the splitter's doubling
+    feeds): with 50 of its 60 MB sent and the client pausing, all but the last few parts are in
+    S3 already; the run is stored byte for byte once it ends."""
+    run_id = str(uuid.uuid4())
+    head = json.dumps({"id": run_id, "trace_id": str(uuid.uuid4()), "name": "s"})[:-1].encode()
+    sent = head + b',"inputs":{"text":"' + b"z" * (60 * 1024 * 1024) + b'"}}'
+    body = b"[" + sent + b"]"
+    client = parts_server.client
+    conn = client.start_post()
+    pause = 50 * 1024 * 1024
+    for i in range(0, pause, CHUNK):
+        client.send_chunk(conn, body[i : min(i + CHUNK, pause)])
+    # What the server may still hold: the run's head and two parts being gathered, the parts in
+    # flight (polled, so those end), and a chunk or so.
+    wanted = pause - 3 * MIN_PART_BYTES - 2 * CHUNK
+    uploaded, deadline = 0, time.monotonic() + 60
+    while uploaded < wanted and time.monotonic() < deadline:
+        uploaded = 0
+        for upload in open_uploads(storage):
+            if run_id in upload["Key"]:
+                key, upload_id = upload["Key"], upload["UploadId"]
+                listed = storage.s3.list_parts(Bucket=storage.bucket, Key=key, UploadId=upload_id)
+                uploaded += sum(part["Size"] for part in listed.get("Parts", []))
+        time.sleep(0.2)
+    assert uploaded >= wanted, (uploaded, wanted)
+    for i in range(pause, len(body), CHUNK):
+        client.send_chunk(conn, body[i : i + CHUNK])
+    response = client.finish(conn)
+    assert response.status == 201, response.body
+    body_back, etag = stored_as(parts_server, storage, run_id)
+    assert body_back == sent
+    assert parts_in(etag) >= 10

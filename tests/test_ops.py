@@ -76,6 +76,9 @@ def test_metrics_are_exposed_with_their_types(server):
         f.name: f.type for f in text_string_to_metric_families(body) if not f.name.endswith("_created")
     }
     assert families == {
+        "run_handler_buffered_bytes": "gauge",
+        "run_handler_budget_waiting_requests": "gauge",
+        "run_handler_budget_refused": "counter",
         "run_handler_requests": "counter",
         "run_handler_runs_ingested": "counter",
         "run_handler_ingested_bytes": "counter",
