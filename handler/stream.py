@@ -61,7 +61,6 @@ _CLEAN = re.compile(rb"[^\\]{12}(?=[^\x80-\xbf])|[^\\](?=\\(?:[^u]|u(?:[^dD]|[dD
 _EVENTLESS = b" \t\r\n,:0123456789+-.eE"
 _CONTROL = bytes(range(0x20))
 # A string's bytes from a clean point to its closing quote (escapes taken whole).
-_STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.S)
 LONG_STRING_BYTES = 1 << 20
 _WHITESPACE = b" \t\r\n"
 _SEPARATORS = _WHITESPACE + b",[]"
@@ -214,14 +213,6 @@ def _clean_cut(data: bytearray, low: int, scanned: int) -> int | None:
     start = max(low - 12, scanned)
     while (found := _CUT.search(data, start)) is not None and found.end() < low:
         start = found.start() + 1
-    return found.end() if found else None
-
-
-def _string_end(data: bytes) -> int | None:
-    """Where a string's bytes (from a clean point) end: just after its closing quote, or None."""
-    if b'"' not in data:
-        return None
-    found = _STRING_REST.match(data)
     return found.end() if found else None
 
 
@@ -412,7 +403,7 @@ class RunSplitter:
             )
         rest = self._long_rest
         data = rest + chunk if rest else chunk
-        end = _string_end(data)
+        end = _string_end(data, 0)  # from a clean point: no escape is cut before it
         if end is None:
             clean = None
             for clean in _CLEAN.finditer(data, max(0, len(data) - 64)):  # noqa: B007 (the last)
