@@ -66,6 +66,7 @@ class Settings:
     body_idle_timeout: float
     linger_seconds: float
     linger_bytes: int
+    workers: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -97,6 +98,10 @@ class Settings:
         for name in ("SEGMENT_BYTES", "SEGMENT_MAX_WAIT_MS", "PACK_MAX_RUN_BYTES"):
             if get_int(name, 0) < 0:
                 raise SystemExit(f"run-handler: {name} cannot be negative")
+
+        workers = get_int("WORKERS", 1)
+        if workers < 0:
+            raise SystemExit("run-handler: WORKERS cannot be negative (0 means one per CPU core)")
 
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
@@ -134,6 +139,7 @@ class Settings:
             body_idle_timeout=get_int("BODY_IDLE_TIMEOUT", 60),
             linger_seconds=get_int("LINGER_SECONDS", 10),
             linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
+            workers=workers,
         )
 
     @property

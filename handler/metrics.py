@@ -2,11 +2,15 @@
 
 They live in their own registry, not prometheus_client's global one, so /metrics shows only what
 this service defines and tests can import the module without clashing with other registrations.
+With WORKERS > 1 each worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (see
+handler/workers.py) and /metrics, whichever worker answers it, reads and sums all of them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 REGISTRY = CollectorRegistry()
 
@@ -45,6 +49,7 @@ BATCHES_IN_FLIGHT = Gauge(
     "run_handler_batches_in_flight",
     "POST /runs batches being received or committed.",
     registry=REGISTRY,
+    multiprocess_mode="livesum",  # with WORKERS > 1: the sum over the workers alive
 )
 """Load right now, and what a shutdown has to wait for."""
 
@@ -71,3 +76,12 @@ OBJECT_BYTES = Histogram(
     registry=REGISTRY,
 )
 """Whether segments fill up (SEGMENT_BYTES) or are sealed early by SEGMENT_MAX_WAIT_MS."""
+
+
+def exposition() -> bytes:
+    """The text format of every metric: this process's, or with WORKERS > 1, all workers' summed."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
