@@ -24,6 +24,8 @@ from handler.storage import ObjectStore
 from handler.workers import prepare_metrics_dir, serve_workers, worker_count
 
 log = logging.getLogger("handler")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
 
 
 async def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
@@ -75,6 +77,8 @@ async def wait_and_shut_down(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # A worker (handler/workers.py) starts with them blocked: one that came during its start waited.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     await stop.wait()
     await shut_down(server, in_flight, timeout)
 
@@ -117,12 +121,14 @@ def main() -> None:
     if args.command == "hash-key":
         print(hash_key(args.key if args.key is not None else sys.stdin.readline().strip()))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     if args.command in (None, "serve"):
         check_exposure(settings)  # before migrations, before anything listens
         if worker_count(settings) > 1:
             prepare_metrics_dir()  # may re-execute this command, before anything else happens
+            # Each line says which worker (or the parent) wrote it.
+            logging.basicConfig(level=logging.INFO, format=WORKER_LOG_FORMAT, force=True)
     log.info("settings from the environment and %s", env_file())
     if args.command == "rollback":
         log.info("rolled back %d migration(s)", rollback_last(settings))

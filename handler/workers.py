@@ -111,9 +111,10 @@ class Supervisor:
     def _run_worker(self, slot: int) -> None:
         code = 1
         try:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            for sig in _SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+            # SIGTERM and SIGINT stay blocked until serve() has its handlers for them: one sent
+            # while this worker starts is held until then, and then stops it cleanly.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             asyncio.run(self.serve(self.settings, self.sockets))
             code = 0
         except BaseException:  # noqa: BLE001 -- a worker must end here, never return into the parent's loop
@@ -230,6 +231,7 @@ def serve_workers(settings: Settings, count: int, serve: Serve) -> int:
     except OSError as e:
         where = f"{settings.http_host}:{settings.http_port}"
         raise SystemExit(f"run-handler: cannot listen on {where}: {e}") from None
+    log.info("metrics of the workers in %s", os.environ[METRICS_DIR])
     try:
         return Supervisor(settings, count, sockets, serve).run()
     finally:
