@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup js-test-setup test fuzz benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup js-test-setup nginx-test-setup test fuzz benchmark memprofile load lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
@@ -62,7 +62,7 @@ compact: install services-up
 server: install services-up
 	$(BIN)/python -m handler serve
 
-test-setup: install js-test-setup
+test-setup: install js-test-setup nginx-test-setup
 	@$(TEST_ENV) scripts/services.sh up
 	$(TEST_ENV) $(BIN)/python tests/reset_env.py
 
@@ -73,6 +73,18 @@ js-test-setup:
 		(cd tests/js && npm ci --no-audit --no-fund); \
 	else \
 		echo "make: node/npm not found: the JavaScript SDK tests (tests/test_js_sdk.py) need Node 18+ and will be skipped"; \
+	fi
+
+# Debian's nginx, for tests/test_nginx.py (deploy/nginx.conf in front of two instances), as root.
+nginx-test-setup:
+	@if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: nginx not found; installing Debian's nginx (for tests/test_nginx.py)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || \
+				echo "make: could not install nginx: tests/test_nginx.py will be skipped"; \
+		else \
+			echo "make: nginx not found: tests/test_nginx.py will be skipped (Debian: apt-get install nginx)"; \
+		fi; \
 	fi
 
 test: test-setup
