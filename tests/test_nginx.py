@@ -8,41 +8,22 @@ upstream's two ``server`` lines and the ``listen`` port.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from handler.config import REPO_ROOT
 from tests.client import HttpClient
+from tests.nginx import NGINX, start_nginx
 from tests.runs import batch, run
-from tests.server import free_port, start_server
+from tests.server import start_server
 from tests.test_faults import body_parts, row_count, runs_with_ids, send_first_half
-
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-CONFIG = REPO_ROOT / "deploy" / "nginx.conf"
 
 pytestmark = pytest.mark.skipif(
     NGINX is None,
     reason="nginx not found: install it (Debian: apt-get install nginx; make test-setup does as root)",
 )
-
-
-def nginx_config(listen: int, upstreams: list[int]) -> str:
-    text = CONFIG.read_text()
-    servers = "".join(f"        server 127.0.0.1:{port};\n" for port in upstreams)
-    text, n = re.subn(r"(?:^ *server 127\.0\.0\.1:\d+;\n)+", servers, text, count=1, flags=re.M)
-    assert n == 1, "deploy/nginx.conf: no upstream server lines to replace"
-    text, n = re.subn(r"^( *)listen \d+;", rf"\1listen 127.0.0.1:{listen};", text, count=1, flags=re.M)
-    assert n == 1, "deploy/nginx.conf: no listen line to replace"
-    return text
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +32,16 @@ def front(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nginx")
     a = start_server(tmp, "instance-a")
     b = start_server(tmp, "instance-b")
-    prefix = tmp / "prefix"
-    prefix.mkdir()
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(port, [a.client.port, b.client.port]))
-    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")  # root: tmp is 0700
-    log = open(tmp / "nginx.log", "w")
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", directives],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert nginx.poll() is None, (tmp / "nginx.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not listen in 20 s"
-                time.sleep(0.1)
-        yield HttpClient("127.0.0.1", port), a, b
+        nginx = start_nginx(tmp / "prefix", [a.client.port, b.client.port])
+    except BaseException:
+        a.stop()
+        b.stop()
+        raise
+    try:
+        yield HttpClient("127.0.0.1", nginx.port), a, b
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=20)
-        log.close()
+        nginx.stop()
         a.stop()
         b.stop()
 
