@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup js-test-setup nginx-test-setup test fuzz benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup js-test-setup nginx-test-setup test fuzz benchmark memprofile load scaling lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
@@ -17,6 +17,8 @@ help:
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
+	@echo "                   (WORKERS=n: its processes; URL=http://host:port: a running server instead)"
+	@echo "make scaling       make load at WORKERS=1, WORKERS=2, nginx + 2 instances, and with a worker killed"
 	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc | compact"
 	@echo "make test-setup | lint | lint-fix | format | clean"
 
@@ -124,9 +126,16 @@ memprofile: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.rss_stream 1024 25000 | tee -a .benchmarks/memory.txt
 
 # 32 clients streaming batches for 60 s against one server, then every sampled run verified.
+# WORKERS= the server's processes (default 1); URL= send to a running server (or nginx) instead.
 load: install
 	@$(TEST_ENV) scripts/services.sh up
-	$(TEST_ENV) $(BIN)/python -m benchmarks.load $(LOAD_ARGS)
+	$(TEST_ENV) $(BIN)/python -m benchmarks.load --workers $(or $(WORKERS),1) $(if $(URL),--url $(URL)) $(LOAD_ARGS)
+
+# The load at each scale (WORKERS=1, WORKERS=2, nginx + 2 instances, a worker killed), for BENCHMARKS.md.
+scaling: install nginx-test-setup
+	@$(TEST_ENV) scripts/services.sh up
+	@mkdir -p .benchmarks
+	$(TEST_ENV) $(BIN)/python -m benchmarks.scaling $(SCALING_ARGS) | tee .benchmarks/scaling.txt
 
 lint: install
 	$(BIN)/ruff check handler tests benchmarks
