@@ -707,6 +707,7 @@ def run_load(args: argparse.Namespace) -> dict:
         result = {
             "runs_s": runs / duration,
             "mb_s": sent / MB / duration,
+            "run_bytes": sent / max(runs, 1),
             "p50_ms": p50 * 1000,
             "p99_ms": p99 * 1000,
             "server_cpu_per_1000": server_cpu / max(runs, 1) * 1000,

@@ -12,10 +12,12 @@ else). ``make scaling`` saves the output as .benchmarks/scaling.txt for BENCHMAR
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from benchmarks.load import parse_args, run_load
+from handler.config import Settings
 
 
 def scenarios(clients: int, seconds: float) -> list[tuple[str, list[str]]]:
@@ -32,6 +34,36 @@ def cores(used: dict[str, float], *prefixes: str) -> str:
     return f"{sum(v for k, v in used.items() if k.startswith(prefixes) and 'worker' not in k):.2f}"
 
 
+# On paper: 1,000 traces/s of 10 runs of 5 KB, each trace one POST /runs.
+TRACES_S, RUNS_PER_TRACE, RUN_BYTES = 1000, 10, 5 * 1024
+MACHINE_CORES, CORE_BUDGET = 8, 0.7  # an 8-core machine kept at 70% busy, MinIO and PostgreSQL elsewhere
+
+
+def projection(single: dict) -> list[str]:
+    """What 1,000 traces/s takes, from the server CPU per run measured at WORKERS=1."""
+    runs_s = TRACES_S * RUNS_PER_TRACE
+    cpu_per_run = single["server_cpu_per_1000"] / 1000 * RUN_BYTES / single["run_bytes"]
+    cores = runs_s * cpu_per_run
+    machines = math.ceil(cores / (MACHINE_CORES * CORE_BUDGET))
+    segment_bytes = Settings.from_env().segment_bytes
+    batch_bytes = RUNS_PER_TRACE * RUN_BYTES
+    puts = TRACES_S * math.ceil(batch_bytes / segment_bytes) if segment_bytes else runs_s
+    return [
+        f"on paper: {TRACES_S:,} traces/s of {RUNS_PER_TRACE} runs of {RUN_BYTES // 1024} KB "
+        f"= {runs_s:,} runs/s, {runs_s * RUN_BYTES / 1e6:.1f} MB/s",
+        f"  server CPU  {single['server_cpu_per_1000']:.2f} s per 1,000 runs of "
+        f"{single['run_bytes'] / 1024:.1f} KB measured, scaled by bytes to "
+        f"{cpu_per_run * 1000:.2f} ms per 5 KB run: {cores:.1f} cores busy",
+        f"  machines    {machines} of {MACHINE_CORES} cores at {CORE_BUDGET:.0%} busy "
+        f"(WORKERS=0 on each), behind a load balancer",
+        f"  PostgreSQL  {runs_s:,} rows inserted/s, in {TRACES_S:,} transactions/s (one INSERT per batch)",
+        f"  S3          {puts:,} PUT/s of {batch_bytes / 1024:.0f} KB "
+        f"(SEGMENT_BYTES={segment_bytes:,}: a segment belongs to one request, "
+        f"so a {batch_bytes // 1024} KB batch is one segment), "
+        f"{runs_s * RUN_BYTES / 1e6:.1f} MB/s in",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling")
     parser.add_argument("--clients", type=int, default=32)
@@ -41,8 +73,9 @@ def main() -> int:
     for name, argv in scenarios(args.clients, args.seconds):
         print(f"\n=== {name}: python -m benchmarks.load {' '.join(argv)}", flush=True)
         results.append((name, run_load(parse_args(argv))))
+    print("\n=== summary")
     print(
-        f"\n{args.clients} clients, {args.seconds:g} s each, 20 runs of ~4 KB a batch; {os.cpu_count()} cores"
+        f"{args.clients} clients, {args.seconds:g} s each, 20 runs of ~4 KB a batch; {os.cpu_count()} cores"
     )
     print("cores busy: CPU seconds / wall seconds of each process (server: all its processes)\n")
     header = (
@@ -74,6 +107,9 @@ def main() -> int:
             f"killed run: {killed['retried']} batches cut by the kill and sent again, "
             f"{killed['unanswered_runs']} runs of them committed before the worker died"
         )
+    if "runs_s" in results[0][1]:
+        print()
+        print("\n".join(projection(results[0][1])))
     failed = [name for name, r in results if not r.get("ok")]
     if failed:
         print("FAIL: " + ", ".join(failed))
