@@ -16,6 +16,7 @@ on, orphaning the workers. Metrics are shared through prometheus_client's multip
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ MAX_FAILED_STARTS = 5
 # Beyond SHUTDOWN_TIMEOUT, what a worker's shut_down may still spend: aborting the closed batches
 # (up to 60 s) and letting committing ones end (up to 60 s).
 DRAIN_MARGIN_S = 125.0
+_PR_SET_PDEATHSIG = 1
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 # The single server's own loop (handler.__main__.serve), run by each worker on the shared sockets.
 Serve = Callable[[Settings, list[socket.socket]], Awaitable[None]]
@@ -102,15 +104,17 @@ class Supervisor:
         self.failed_starts = 0
 
     def start(self, slot: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._run_worker(slot)  # never returns
+            self._run_worker(slot, parent)  # never returns
         self.workers[pid] = (slot, time.monotonic())
         log.info("worker %d started (pid %d)", slot, pid)
 
-    def _run_worker(self, slot: int) -> None:
+    def _run_worker(self, slot: int, parent: int) -> None:
         code = 1
         try:
+            _die_with(parent)
             # SIGTERM and SIGINT stay blocked until serve() has its handlers for them: one sent
             # while this worker starts is held until then, and then stops it cleanly.
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -208,6 +212,18 @@ class Supervisor:
             signal.sigtimedwait({signal.SIGCHLD}, min(left, 1.0))
         log.info("stopped")
         return status
+
+
+def _die_with(parent: int) -> None:
+    """A parent killed outright (kill -9) sends this worker SIGTERM (Linux), so no worker is left
+    serving on its own; elsewhere, a worker outlives such a parent."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

@@ -194,3 +194,19 @@ def test_workers_0_means_one_per_core(tmp_path):
     finally:
         srv.stop()
     assert srv.process.returncode == 0
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    srv, pids = start_workers(tmp_path, "orphans")
+    srv.process.kill()
+    srv.process.wait()
+    assert wait_for(lambda: not any(alive(pid) for pid in pids)), "a worker outlived its parent"
