@@ -29,6 +29,14 @@ def children(srv: Server) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def state(pid: int) -> str:
+    """The process's state letter (R, S, T stopped, Z zombie...), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
 def start_workers(tmp_path: Path, name: str, **env: str) -> tuple[Server, list[int]]:
     srv = start_server(tmp_path, name, WORKERS="2", **env)
     assert wait_for(lambda: len(children(srv)) == 2), open(srv.log_path).read()
@@ -41,6 +49,8 @@ def only(srv: Server, worker: int):
     others = [pid for pid in children(srv) if pid != worker]
     for pid in others:
         os.kill(pid, signal.SIGSTOP)
+    # kill() returns before the signal is taken: wait until each one is really stopped.
+    assert wait_for(lambda: all(state(pid) in ("T", "t") for pid in others))
     try:
         yield
     finally:
@@ -109,7 +119,12 @@ def test_metrics_sum_the_counts_of_every_worker(workers):
 
 
 def test_metric_families_are_those_of_a_single_server(workers):
+    """A family with labels shows once some worker has counted in it (the multiprocess files hold
+    values, not declarations), so a run is posted and read back first."""
     srv, _ = workers
+    r = run(id=str(uuid.uuid4()))
+    assert srv.client.post(batch(r)).status == 201
+    assert srv.client.get(f"/runs/{r['id']}").status == 200
     families = {
         f.name: f.type
         for f in text_string_to_metric_families(srv.client.get("/metrics").body.decode())
@@ -198,11 +213,7 @@ def test_workers_0_means_one_per_core(tmp_path):
 
 def alive(pid: int) -> bool:
     """Running (a zombie, exited but not yet reaped, is not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    return state(pid) not in ("", "Z")
 
 
 def test_workers_stop_when_their_parent_is_killed(tmp_path):
