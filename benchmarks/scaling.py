@@ -77,10 +77,11 @@ def main() -> int:
     print(
         f"{args.clients} clients, {args.seconds:g} s each, 20 runs of ~4 KB a batch; {os.cpu_count()} cores"
     )
-    print("cores busy: CPU seconds / wall seconds of each process (server: all its processes)\n")
+    print("cores busy: CPU seconds / wall seconds of each process (server: all its processes);")
+    print("others: every process not listed (on a shared machine, other sessions' work)\n")
     header = (
         f"{'':<22} {'runs/s':>7} {'MB/s':>6} {'p50 ms':>7} {'p99 ms':>7} {'srv s/1k':>8} "
-        f"{'errors':>6} {'sample':>7} | {'server':>6} {'nginx':>6} {'minio':>6} {'pg':>6} {'client':>6} "
+        f"{'errors':>6} {'sample':>9} | {'server':>6} {'nginx':>6} {'minio':>6} {'pg':>6} {'client':>6} "
         f"{'others':>6} {'machine':>7}"
     )
     print(header)
@@ -94,10 +95,23 @@ def main() -> int:
         sample = f"{r['verified']}/{r['verified'] + r['mismatches']}"
         print(
             f"{name:<22} {r['runs_s']:>7.0f} {r['mb_s']:>6.1f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} "
-            f"{r['server_cpu_per_1000']:>8.2f} {r['errors']:>6} {sample:>7} | {cores(used, 'server'):>6} "
+            f"{r['server_cpu_per_1000']:>8.2f} {r['errors']:>6} {sample:>9} | {cores(used, 'server'):>6} "
             f"{cores(used, 'nginx'):>6} {cores(used, 'minio'):>6} {cores(used, 'postgres'):>6} "
             f"{cores(used, 'load client'):>6} {cores(used, 'others'):>6} {cores(used, 'machine'):>7}"
         )
+    for name, r in results:
+        if "cores" in r:
+            used = r["cores"]
+            busiest = max((k for k in used if k not in ("machine", "others on the machine")), key=used.get)
+            full = used["machine"] >= 0.95 * (os.cpu_count() or 1)
+            print(
+                f"{name}: busiest {busiest} ({used[busiest]:.2f} cores); the machine "
+                + (
+                    f"was saturated ({used['machine']:.2f} of {os.cpu_count()} cores busy)"
+                    if full
+                    else "had idle CPU"
+                )
+            )
     for name, r in results[1:]:
         if base and "runs_s" in r:
             print(f"{name}: {r['runs_s'] / base:.2f}x the runs/s of WORKERS=1")
