@@ -109,6 +109,8 @@ def test_metrics_sum_the_counts_of_every_worker(workers):
         with only(srv, worker):
             for _ in range(batches):
                 assert srv.client.post(batch(*[run() for _ in range(size)])).status == 201
+    # A request is counted just after its answer is sent: let both workers finish counting.
+    assert wait_for(lambda: scrape(srv).get(created) == before.get(created, 0) + 5)
     for worker in (a, b):  # the same totals whichever worker answers the scrape
         with only(srv, worker):
             after = scrape(srv)
