@@ -92,6 +92,29 @@ async def _check_bucket(settings: Settings) -> None:
         await store.close()
 
 
+def check_bucket_in_child(settings: Settings) -> None:
+    """Check (or create) the bucket from a short-lived child process.
+
+    Not in the parent itself: its event loop resolves names in threads, and a fork taken while
+    one of them holds glibc's resolver lock leaves every worker blocked on that lock at its first
+    connection. The parent runs no event loop and no thread before it forks its workers.
+    """
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            asyncio.run(_check_bucket(settings))
+            code = 0
+        except BaseException:  # noqa: BLE001 -- reported here, the parent only sees the status
+            log.exception("cannot use bucket %s", settings.s3_bucket_name)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"run-handler: cannot use bucket {settings.s3_bucket_name} (see the log above)")
+
+
 class Supervisor:
     """The parent: forks the workers, replaces the ones that die, stops them all on SIGTERM."""
 
@@ -215,15 +238,16 @@ class Supervisor:
 
 
 def _die_with(parent: int) -> None:
-    """A parent killed outright (kill -9) sends this worker SIGTERM (Linux), so no worker is left
-    serving on its own; elsewhere, a worker outlives such a parent."""
+    """A parent killed outright (kill -9) takes its workers with it (Linux: SIGKILL, which works
+    even on a worker that is still starting), so no worker is left serving on its own; elsewhere,
+    a worker outlives such a parent."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # it died before the prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+        os._exit(1)
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
@@ -241,7 +265,7 @@ def _mark_dead(pid: int) -> None:
 
 def serve_workers(settings: Settings, count: int, serve: Serve) -> int:
     """The parent of ``count`` workers, each running ``serve``; returns its exit status."""
-    asyncio.run(_check_bucket(settings))
+    check_bucket_in_child(settings)
     try:
         sockets = bind(settings)
     except OSError as e:
