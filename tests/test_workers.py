@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import uuid
 from pathlib import Path
@@ -223,3 +224,6 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path):
     srv.process.kill()
     srv.process.wait()
     assert wait_for(lambda: not any(alive(pid) for pid in pids)), "a worker outlived its parent"
+    # A parent killed outright cannot remove its metrics directory: the test does.
+    metrics_dir = re.search(r"metrics of the workers in (\S+)", open(srv.log_path).read()).group(1)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
