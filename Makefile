@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install concurrency services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup js-test-setup ui-test-setup ui-screenshot test fuzz benchmark memprofile load lint lint-fix format clean
+        db-downgrade gc compact server test-setup js-test-setup ui-test-setup nginx-test-setup ui-screenshot test fuzz benchmark memprofile load scaling lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
@@ -17,6 +17,8 @@ help:
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
+	@echo "                   (WORKERS=n: its processes; URL=http://host:port: a running server instead)"
+	@echo "make scaling       make load at WORKERS=1, WORKERS=2, nginx + 2 instances, and with a worker killed"
 	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc | compact"
 	@echo "make test-setup | lint | lint-fix | format | clean"
 
@@ -62,7 +64,7 @@ compact: install services-up
 server: install services-up
 	$(BIN)/python -m handler serve
 
-test-setup: install js-test-setup ui-test-setup
+test-setup: install js-test-setup ui-test-setup nginx-test-setup
 	@$(TEST_ENV) scripts/services.sh up
 	$(TEST_ENV) $(BIN)/python tests/reset_env.py
 
@@ -77,6 +79,18 @@ js-test-setup:
 		(cd tests/js && npm ci --no-audit --no-fund); \
 	else \
 		echo "make: node/npm not found: the JavaScript SDK tests (tests/test_js_sdk.py) need Node 18+ and will be skipped"; \
+	fi
+
+# Debian's nginx, for tests/test_nginx.py (deploy/nginx.conf in front of two instances), as root.
+nginx-test-setup:
+	@if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: nginx not found; installing Debian's nginx (for tests/test_nginx.py)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || \
+				echo "make: could not install nginx: tests/test_nginx.py will be skipped"; \
+		else \
+			echo "make: nginx not found: tests/test_nginx.py will be skipped (Debian: apt-get install nginx)"; \
+		fi; \
 	fi
 
 test: test-setup
@@ -124,9 +138,16 @@ concurrency: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 64 | tee -a .benchmarks/concurrency.txt
 
 # 32 clients streaming batches for 60 s against one server, then every sampled run verified.
+# WORKERS= the server's processes (default 1); URL= send to a running server (or nginx) instead.
 load: install
 	@$(TEST_ENV) scripts/services.sh up
-	$(TEST_ENV) $(BIN)/python -m benchmarks.load $(LOAD_ARGS)
+	$(TEST_ENV) $(BIN)/python -m benchmarks.load --workers $(or $(WORKERS),1) $(if $(URL),--url $(URL)) $(LOAD_ARGS)
+
+# The load at each scale (WORKERS=1, WORKERS=2, nginx + 2 instances, a worker killed), for BENCHMARKS.md.
+scaling: install nginx-test-setup
+	@$(TEST_ENV) scripts/services.sh up
+	@mkdir -p .benchmarks
+	$(TEST_ENV) $(BIN)/python -m benchmarks.scaling $(SCALING_ARGS) | tee .benchmarks/scaling.txt
 
 # The README's screenshot of a trace page, from a real traced pipeline (docs/trace-page.png).
 ui-screenshot: install ui-test-setup

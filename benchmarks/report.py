@@ -3,8 +3,9 @@
     python -m benchmarks.report
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
-``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``memory.txt`` and
-``concurrency.txt`` written by ``make benchmark``, ``make memprofile`` and ``make concurrency``.
+``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``memory.txt``,
+``concurrency.txt`` and ``scaling.txt`` written by ``make benchmark``, ``make memprofile``,
+``make concurrency`` and ``make scaling``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 SAVES = Path(".benchmarks")
 CHART = Path("benchmarks/throughput.png")
 REPORT = Path("BENCHMARKS.md")
+SCALING_SUMMARY = "=== summary"  # benchmarks/scaling.py prints its table after this line
 
 
 def newest_save() -> dict:
@@ -160,8 +162,14 @@ def chart(data: list[dict]) -> None:
     fig.savefig(CHART)
 
 
-def optional(path: Path) -> str:
-    return path.read_text().strip() if path.exists() else "(not run: see the command above)"
+def optional(path: Path, start: str | None = None) -> str:
+    """The file's text (from its line ``start`` on, when given), or why there is none."""
+    if not path.exists():
+        return "(not run: see the command above)"
+    text = path.read_text()
+    if start is not None and start in text:
+        text = text[text.index(start) + len(start) :]
+    return text.strip()
 
 
 def main() -> None:
@@ -305,6 +313,18 @@ the peak by 1759 MB (about 220 MB a request), and 60 would exhaust 24 GiB.
 
 ```
 {optional(SAVES / "concurrency.txt")}
+```
+
+## Scaling (`make scaling`)
+
+`benchmarks/load.py` (32 clients for 60 s, batches of 20 runs of about 4 KB, every answer checked,
+a sample read back byte for byte, the rows counted) at WORKERS=1, at WORKERS=2, through nginx
+(deploy/nginx.conf) before two instances, and at WORKERS=2 with one worker killed halfway. MinIO,
+PostgreSQL, nginx and the load client run on the same cores as the server; the CPU columns say
+how many cores each process kept busy.
+
+```
+{optional(SAVES / "scaling.txt", start=SCALING_SUMMARY)}
 ```
 """
     REPORT.write_text(report)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 
 import ijson
@@ -21,11 +22,15 @@ from handler.gc import collect_garbage
 from handler.listen import bind, check_exposure, urls
 from handler.migrations import migrate, rollback_last
 from handler.storage import ObjectStore
+from handler.workers import prepare_metrics_dir, serve_workers, worker_count
 
 log = logging.getLogger("handler")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """One server process. ``sockets``: a worker's, bound (and the bucket checked) by its parent."""
     if ijson.backend != "yajl2_c":
         log.warning("ijson is using its %s backend; install yajl2_c support for speed", ijson.backend)
     log.info("ijson backend: %s", ijson.backend)
@@ -38,7 +43,8 @@ async def serve(settings: Settings) -> None:
     db = Database(settings)
     await store.start()
     try:
-        await store.ensure_bucket()
+        if sockets is None:
+            await store.ensure_bucket()
         await db.start()
         in_flight = InFlight()
         budget = Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
@@ -46,6 +52,9 @@ async def serve(settings: Settings) -> None:
             make_app(settings, store, db, in_flight, budget),
             idle_connection_timeout=300,
         )
+        if sockets is not None:
+            server.add_sockets(sockets)
+            return await wait_and_shut_down(server, in_flight, settings.shutdown_timeout)
         try:
             sockets = bind(settings)
         except OSError as e:
@@ -58,15 +67,23 @@ async def serve(settings: Settings) -> None:
             settings.s3_bucket_name,
             settings.db_name,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await shut_down(server, in_flight, settings.shutdown_timeout)
+        await wait_and_shut_down(server, in_flight, settings.shutdown_timeout)
     finally:
         await db.close()
         await store.close()
+
+
+async def wait_and_shut_down(
+    server: tornado.httpserver.HTTPServer, in_flight: InFlight, timeout: float
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # A worker (handler/workers.py) starts with them blocked: one that came during its start waited.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    await stop.wait()
+    await shut_down(server, in_flight, timeout)
 
 
 async def shut_down(server: tornado.httpserver.HTTPServer, in_flight: InFlight, timeout: float) -> None:
@@ -107,10 +124,14 @@ def main() -> None:
     if args.command == "hash-key":
         print(hash_key(args.key if args.key is not None else sys.stdin.readline().strip()))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = Settings.from_env()
     if args.command in (None, "serve"):
         check_exposure(settings)  # before migrations, before anything listens
+        if worker_count(settings) > 1:
+            prepare_metrics_dir()  # may re-execute this command, before anything else happens
+            # Each line says which worker (or the parent) wrote it.
+            logging.basicConfig(level=logging.INFO, format=WORKER_LOG_FORMAT, force=True)
     log.info("settings from the environment and %s", env_file())
     if args.command == "rollback":
         log.info("rolled back %d migration(s)", rollback_last(settings))
@@ -135,6 +156,8 @@ def main() -> None:
             r.rewritten,
             r.freed_bytes,
         )
+    elif args.command in (None, "serve") and worker_count(settings) > 1:
+        sys.exit(serve_workers(settings, worker_count(settings), serve))
     elif args.command in (None, "serve"):
         asyncio.run(serve(settings))
 

@@ -66,6 +66,7 @@ class Settings:
     body_idle_timeout: float
     linger_seconds: float
     linger_bytes: int
+    workers: int
     max_buffered_bytes: int = 256 * MIB
     budget_wait_seconds: float = 30
 
@@ -117,6 +118,9 @@ class Settings:
             )
         if get_int("BUDGET_WAIT_SECONDS", 30) < 1:
             raise SystemExit("run-handler: BUDGET_WAIT_SECONDS must be at least 1")
+        workers = get_int("WORKERS", 1)
+        if workers < 0:
+            raise SystemExit("run-handler: WORKERS cannot be negative (0 means one per CPU core)")
 
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
@@ -156,6 +160,7 @@ class Settings:
             linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
+            workers=workers,
         )
 
     @property

@@ -2,11 +2,15 @@
 
 They live in their own registry, not prometheus_client's global one, so /metrics shows only what
 this service defines and tests can import the module without clashing with other registrations.
+With WORKERS > 1 each worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` (see
+handler/workers.py) and /metrics, whichever worker answers it, reads and sums all of them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 REGISTRY = CollectorRegistry()
 
@@ -45,6 +49,7 @@ BATCHES_IN_FLIGHT = Gauge(
     "run_handler_batches_in_flight",
     "POST /runs batches being received or committed.",
     registry=REGISTRY,
+    multiprocess_mode="livesum",  # with WORKERS > 1: the sum over the workers alive
 )
 """Load right now, and what a shutdown has to wait for."""
 
@@ -76,6 +81,7 @@ BUFFERED_BYTES = Gauge(
     "run_handler_buffered_bytes",
     "Bytes held for requests against the process-wide budget (MAX_BUFFERED_BYTES).",
     registry=REGISTRY,
+    multiprocess_mode="livesum",  # with WORKERS > 1: each worker has its own budget
 )
 """How close the server is to pushing back on clients."""
 
@@ -83,6 +89,7 @@ BUDGET_WAITING = Gauge(
     "run_handler_budget_waiting_requests",
     "Requests waiting for room in the memory budget (their sockets are not being read).",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 
 BUDGET_REFUSED = Counter(
@@ -90,3 +97,11 @@ BUDGET_REFUSED = Counter(
     "Requests answered 503 because no memory came free within BUDGET_WAIT_SECONDS.",
     registry=REGISTRY,
 )
+
+def exposition() -> bytes:
+    """The text format of every metric: this process's, or with WORKERS > 1, all workers' summed."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

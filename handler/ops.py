@@ -11,12 +11,12 @@ import logging
 import re
 
 import tornado.web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from handler.auth import ApiKeys
 from handler.config import Settings
 from handler.db import Database
-from handler.metrics import REGISTRY, REQUESTS
+from handler.metrics import REQUESTS, exposition
 from handler.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,11 @@ class ReadyHandler(OpsHandler):
 
 
 class MetricsHandler(OpsHandler):
-    """GET /metrics: the Prometheus text format."""
+    """GET /metrics: the Prometheus text format, for the whole server (all its workers)."""
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(REGISTRY))
+        self.finish(exposition())
 
 
 async def _check(ping) -> str:
