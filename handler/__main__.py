@@ -12,13 +12,14 @@ import sys
 import ijson
 import tornado.httpserver
 
-from handler.app import InFlight, make_app
+from handler.app import make_app
 from handler.auth import hash_key
 from handler.budget import Budget
 from handler.compact import compact
 from handler.config import Settings, env_file
 from handler.db import Database
 from handler.gc import collect_garbage
+from handler.ingest_handler import InFlight
 from handler.listen import bind, check_exposure, urls
 from handler.migrations import migrate, rollback_last
 from handler.storage import ObjectStore

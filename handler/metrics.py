@@ -98,6 +98,7 @@ BUDGET_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+
 def exposition() -> bytes:
     """The text format of every metric: this process's, or with WORKERS > 1, all workers' summed."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from handler import sessions
-from handler.app import JSONHandler
 from handler.errors import RunError
+from handler.json_handler import JSONHandler
 from handler.stream import UUID_TEXT
 
 

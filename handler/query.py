@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from handler.app import JSONHandler
 from handler.errors import RunError
+from handler.json_handler import JSONHandler
 from handler.storage import Location
 from handler.stream import RUN_TYPES, UUID_TEXT
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import tornado.template
 import tornado.web
 
-from handler.app import JSONHandler
 from handler.errors import RunError
+from handler.json_handler import JSONHandler
 from handler.query import after_cursor, encode_cursor
 from handler.stream import UUID_TEXT
 

@@ -23,11 +23,12 @@ from urllib.parse import urljoin
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from handler.app import IngestHandler, make_app
+from handler.app import make_app
 from handler.auth import ApiKeys, hash_key
 from handler.config import Settings
 from handler.db import Database
 from handler.docs import DOCUMENT
+from handler.ingest_handler import IngestHandler
 from handler.storage import ObjectStore
 from tests.runs import FIDELITY_RUN, batch, run, with_id
 

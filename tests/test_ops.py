@@ -61,6 +61,22 @@ def test_ready(client):
     assert response.json() == {"status": "ready", "postgres": "ok", "s3": "ok"}
 
 
+# Every metric family /metrics shows, with its type (tests/test_workers.py: the same with WORKERS > 1).
+FAMILIES = {
+    "run_handler_buffered_bytes": "gauge",
+    "run_handler_budget_waiting_requests": "gauge",
+    "run_handler_budget_refused": "counter",
+    "run_handler_requests": "counter",
+    "run_handler_runs_ingested": "counter",
+    "run_handler_ingested_bytes": "counter",
+    "run_handler_upload_seconds": "histogram",
+    "run_handler_batches_in_flight": "gauge",
+    "run_handler_object_cache_reads": "counter",
+    "run_handler_objects_written": "counter",
+    "run_handler_object_bytes": "histogram",
+}
+
+
 def test_metrics_are_exposed_with_their_types(server):
     conn = http.client.HTTPConnection(server.client.host, server.client.port, timeout=10)
     try:
@@ -75,19 +91,7 @@ def test_metrics_are_exposed_with_their_types(server):
     families = {
         f.name: f.type for f in text_string_to_metric_families(body) if not f.name.endswith("_created")
     }
-    assert families == {
-        "run_handler_buffered_bytes": "gauge",
-        "run_handler_budget_waiting_requests": "gauge",
-        "run_handler_budget_refused": "counter",
-        "run_handler_requests": "counter",
-        "run_handler_runs_ingested": "counter",
-        "run_handler_ingested_bytes": "counter",
-        "run_handler_upload_seconds": "histogram",
-        "run_handler_batches_in_flight": "gauge",
-        "run_handler_object_cache_reads": "counter",
-        "run_handler_objects_written": "counter",
-        "run_handler_object_bytes": "histogram",
-    }
+    assert families == FAMILIES
 
 
 def test_requests_are_counted_by_handler_method_and_status(server):

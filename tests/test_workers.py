@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.runs import batch, run
 from tests.server import Server, run_handler, start_server
 from tests.test_faults import body_parts, row_count, runs_with_ids, send_first_half, wait_for
+from tests.test_ops import FAMILIES
 
 
 def children(srv: Server) -> list[int]:
@@ -133,16 +134,7 @@ def test_metric_families_are_those_of_a_single_server(workers):
         for f in text_string_to_metric_families(srv.client.get("/metrics").body.decode())
         if not f.name.endswith("_created")
     }
-    assert families == {
-        "run_handler_requests": "counter",
-        "run_handler_runs_ingested": "counter",
-        "run_handler_ingested_bytes": "counter",
-        "run_handler_upload_seconds": "histogram",
-        "run_handler_batches_in_flight": "gauge",
-        "run_handler_object_cache_reads": "counter",
-        "run_handler_objects_written": "counter",
-        "run_handler_object_bytes": "histogram",
-    }
+    assert families == FAMILIES
 
 
 def test_ready_checks_both_services_in_a_worker(workers):
