@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 
 from handler.config import Settings
 from handler.db import Database
-from handler.errors import RunError
 from handler.segments import Segment, segment_key
 from handler.storage import Location, ObjectStore
 
@@ -87,11 +86,9 @@ async def _rewrite(store: ObjectStore, db: Database, key: str, size: int, runs: 
     ]
     sealed = segment.sealed()
     await store.put(segment.key, sealed)
-    try:
-        moved = await db.move_runs(key, segment.key, moves)
-    except RunError:
-        await store.delete([segment.key])
-        raise
+    # If the UPDATE fails, both segments stay: it may have committed before the connection broke,
+    # and gc deletes whichever of the two no row points at once the grace period is over.
+    moved = await db.move_runs(key, segment.key, moves)
     if moved == 0:  # every run was patched meanwhile: the copy holds nothing live
         await store.delete([segment.key])
     elif moved < len(moves):

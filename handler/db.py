@@ -43,6 +43,18 @@ _CONNECTION_ERROR_CLASSES = ("08", "57P")
 _BACKEND_EXIT_WAIT_S = 10
 
 
+def committed_keys(
+    rows: Sequence[RunRow], replacements: Sequence[Replacement], attachments: Sequence[Attachment]
+) -> list[str]:
+    """The object key of every row a batch writes: once it has committed, each has a row (keys
+    repeat, one per run of a segment)."""
+    return (
+        [r.object_key for r in rows]
+        + [r.row.object_key for r in replacements]
+        + [a.object_key for a in attachments]
+    )
+
+
 def database_error(error: Exception) -> RunError:
     return RunError(503, f"database unavailable: {error}".strip())
 
@@ -151,9 +163,9 @@ class Database:
                 except psycopg2.Error as e:
                     if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
                         raise statement_error(e) from e  # the server rolled it back
-                    await self._settle(rows, replacements, backend, e)
+                    await self._settle(rows, replacements, attachments, backend, e)
                 except (OSError, TimeoutError) as e:
-                    await self._settle(rows, replacements, backend, e)
+                    await self._settle(rows, replacements, attachments, backend, e)
         finally:
             self._pool.release(conn)
 
@@ -197,12 +209,13 @@ class Database:
         self,
         rows: Sequence[RunRow],
         replacements: Sequence[Replacement],
+        attachments: Sequence[Attachment],
         backend: tuple[int, int],
         error: Exception,
     ) -> None:
         """Returns if the transaction committed after all, raises database_error if it surely did
         not, CommitUnknown if that cannot be told now."""
-        keys = [r.object_key for r in rows] + [r.row.object_key for r in replacements]
+        keys = committed_keys(rows, replacements, attachments)
         try:
             found = await self.count_committed(keys, backend)
         except (psycopg2.Error, OSError, TimeoutError, RunError):
@@ -214,7 +227,8 @@ class Database:
         raise CommitUnknown(error, backend) from error
 
     async def count_committed(self, keys: Sequence[str], backend: tuple[int, int]) -> int:
-        """How many of these object keys have rows, once the backend that ran the insert is gone.
+        """How many rows (of runs and attachments) point at these object keys, once the backend
+        that ran the insert is gone.
 
         The backend may still be running the statement after our side of the connection broke;
         it is terminated and waited for, so it cannot commit after we have looked. ``backend`` is
@@ -235,7 +249,11 @@ class Database:
                 await asyncio.sleep(0.1)
             else:
                 raise RunError(503, f"backend {pid} did not exit")
-            await cur.execute("SELECT count(*) FROM runs WHERE object_key = ANY(%s)", (list(keys),))
+            await cur.execute(
+                "SELECT (SELECT count(*) FROM runs WHERE object_key = ANY(%s))"
+                " + (SELECT count(*) FROM run_attachments WHERE object_key = ANY(%s))",
+                (list(keys), list(keys)),
+            )
             return (await cur.fetchone())[0]
 
     async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error) -> None:

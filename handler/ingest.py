@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 
 from handler.config import Settings
-from handler.db import CommitUnknown, Database
+from handler.db import CommitUnknown, Database, committed_keys
 from handler.errors import RunError
 from handler.merge import build_object, merged, object_fields
 from handler.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
@@ -276,13 +276,13 @@ class BatchIngest:
     async def _settle_later(self, backend: tuple[int, int]) -> None:
         """Once the database answers again: delete what the request wrote if it did not commit,
         or what it replaced if it did."""
-        rows = [*self._rows.values(), *(r.row for r in self._replaced.values())]
+        keys = committed_keys(list(self._rows.values()), list(self._replaced.values()), self._attachments)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _SETTLE_FOR_S
         while loop.time() < deadline:
             await asyncio.sleep(_SETTLE_EVERY_S)
             try:
-                found = await self._db.count_committed([r.object_key for r in rows], backend)
+                found = await self._db.count_committed(keys, backend)
             except Exception as e:  # the database is still away: try again
                 log.debug("settling: %s", e)
                 continue
@@ -291,11 +291,11 @@ class BatchIngest:
                 log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
             else:
                 await self._drop_superseded()
-                log.warning("settled: the batch had committed (%d of %d rows)", found, len(rows))
+                log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
             return
         log.error(
             "could not settle %d runs in %d s; gc will remove their objects if unused",
-            len(rows),
+            len(keys),
             _SETTLE_FOR_S,
         )
 

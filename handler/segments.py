@@ -68,10 +68,9 @@ class Packer:
 
     @property
     def held_bytes(self) -> int:
-        """The open segment, and the sealed ones waiting for upload room (their sealed copies are
-        counted by the Uploads as waiting)."""
-        held = len(self._open.data) if self._open is not None else 0
-        return held + sum(len(segment.data) for segment in self._waiting.values())
+        """The open segment (a sealed one waiting for upload room is the Uploads' to count: it
+        is the same buffer)."""
+        return len(self._open.data) if self._open is not None else 0
 
     async def add(self, body: bytes) -> Location:
         """Pack a run; returns where it will be. Waits for upload room when the segment fills, or
