@@ -139,15 +139,28 @@ def cpu_table(save: dict) -> str:
 
 
 def chart(data: list[dict]) -> None:
-    ingest = sorted((r for r in data if r["name"].startswith("create_")), key=lambda r: r["run_bytes"])
-    sizes = [r["run_bytes"] / 1024 for r in ingest]
+    def series(per_run: bool) -> list[dict]:
+        return sorted(
+            (
+                r
+                for r in data
+                if r["name"].startswith("create_") and r["name"].endswith("_per_run") == per_run
+            ),
+            key=lambda r: r["run_bytes"],
+        )
+
+    packed, per_run = series(False), series(True)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    ax.plot(sizes, [r["mb_s"] for r in ingest], "o-", label="service (POST /runs, streamed)")
-    ax.plot(sizes, [r["floor_mb_s"] for r in ingest], "s--", label="storage floor (PUTs + one INSERT)")
-    for r, x in zip(ingest, sizes, strict=True):
+    for rows_, label, style, key in (
+        (packed, "service, segments (POST /runs, streamed)", "o-", "mb_s"),
+        (packed, "bytes floor (the body as SEGMENT_BYTES PUTs + one INSERT)", "s--", "floor_mb_s"),
+        (per_run, "service, SEGMENT_BYTES=0 (one object per run)", "^-", "mb_s"),
+    ):
+        ax.plot([r["run_bytes"] / 1024 for r in rows_], [r[key] for r in rows_], style, label=label)
+    for r in packed:
         ax.annotate(
             r["name"].removeprefix("create_batch_runs_"),
-            (x, r["mb_s"]),
+            (r["run_bytes"] / 1024, r["mb_s"]),
             textcoords="offset points",
             xytext=(4, -12),
             fontsize=8,
@@ -157,7 +170,7 @@ def chart(data: list[dict]) -> None:
     ax.set_ylabel("ingest throughput (MB/s)")
     ax.set_title("Ingest throughput against run size (medians)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(CHART)
 
@@ -222,8 +235,9 @@ from the server's object cache (`OBJECT_CACHE_BYTES`). `*_alone` reads runs stor
 
 ![throughput against run size](benchmarks/throughput.png)
 
-These machines are shared and noisy: the same command has given `service / floor` from about 1.05
-to 1.7 for `500_10kb` on different runs. Compare ratios within one run, never across runs.
+These machines are shared and noisy: the same command has moved a ratio by a third between runs
+(segments against `SEGMENT_BYTES=0` for `500_10kb`: 3.15 on a busy machine, 3.67 on a quiet one).
+Compare ratios within one run, never across runs.
 
 ### Where the CPU goes, per round
 
