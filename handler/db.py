@@ -353,20 +353,16 @@ class Database:
 
     async def fetch(self, sql: str, params: tuple) -> list[tuple]:
         """A query's rows; RunError 400 for a value the database cannot take, 503 when it fails."""
-        try:
-            async with self._pool.acquire() as conn, conn.cursor() as cur:
-                await cur.execute(sql, params)
-                return await cur.fetchall()
-        except (psycopg2.Error, OSError, TimeoutError) as e:
-            raise statement_error(e) from e
+        return await self._fetch(sql, params, statement_error)
 
-    async def _fetch(self, sql: str, params: tuple) -> list[tuple]:
+    async def _fetch(self, sql: str, params: tuple, error=database_error) -> list[tuple]:
+        """A query's rows; its failure as the RunError ``error`` makes of it (503 by default)."""
         try:
             async with self._pool.acquire() as conn, conn.cursor() as cur:
                 await cur.execute(sql, params)
                 return await cur.fetchall()
         except (psycopg2.Error, OSError, TimeoutError) as e:
-            raise database_error(e) from e
+            raise error(e) from e
 
     async def ping(self) -> None:
         """A round trip through the pool, for GET /ready; raises the driver's error as it is."""

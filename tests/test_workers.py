@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.runs import batch, run
 from tests.server import Server, run_handler, start_server
 from tests.test_faults import body_parts, row_count, runs_with_ids, send_first_half, wait_for
-from tests.test_ops import FAMILIES
+from tests.test_ops import FAMILIES, scrape
 
 
 def children(srv: Server) -> list[int]:
@@ -64,16 +64,6 @@ def served_by(srv: Server, request: str) -> set[int]:
     """The pids of the workers whose access log has a line starting with ``request``."""
     pattern = re.compile(rf"\[pid (\d+)\] handler\.access: {re.escape(request)}")
     return {int(m.group(1)) for line in open(srv.log_path) if (m := pattern.search(line))}
-
-
-def scrape(srv: Server) -> dict:
-    response = srv.client.get("/metrics")
-    assert response.status == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.body.decode())
-        for sample in family.samples
-    }
 
 
 @pytest.fixture(scope="module")
