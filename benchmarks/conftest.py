@@ -11,9 +11,9 @@ import os
 import pytest
 
 from benchmarks.cpu import CpuMeter, summary_lines
-from handler.config import Settings
-from handler.db import Database
-from handler.storage import ObjectStore
+from handler.server.config import Settings
+from handler.store.db import Database
+from handler.store.objects import ObjectStore
 from tests.server import start_server
 
 if os.environ.get("RUN_HANDLER_ENV") != "test":

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from handler.config import Settings
+from handler.server.config import Settings
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _LISTEN = "0A"  # TCP state in /proc/net/tcp

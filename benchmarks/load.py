@@ -52,7 +52,7 @@ import psycopg2.errors
 
 from benchmarks.cpu import _children, machine_cpu, process_cpu, services, tree_cpu
 from benchmarks.rss_stream import status_kb
-from handler.config import Settings
+from handler.server.config import Settings
 from tests.client import HttpClient
 from tests.nginx import Nginx, start_nginx
 from tests.reset_env import s3_client

@@ -14,8 +14,8 @@ import sys
 import time
 import uuid
 
-from handler.config import Settings
-from handler.storage import ObjectStore
+from handler.server.config import Settings
+from handler.store.objects import ObjectStore
 
 
 async def measure(count: int, size: int) -> None:

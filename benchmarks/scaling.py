@@ -17,7 +17,7 @@ import os
 import sys
 
 from benchmarks.load import parse_args, run_load
-from handler.config import Settings
+from handler.server.config import Settings
 
 
 def scenarios(clients: int, seconds: float) -> list[tuple[str, list[str]]]:

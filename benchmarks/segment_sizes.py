@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.workloads import WORKLOADS, encode
-from handler.config import MIB, Settings
+from handler.server.config import MIB, Settings
 from tests.conftest import FreshConnections
 from tests.runs import split
 from tests.server import start_server

@@ -12,7 +12,7 @@ import time
 import ijson
 
 from benchmarks.workloads import WORKLOADS, encode
-from handler.stream import RunSplitter
+from handler.runs.splitter import RunSplitter
 
 CHUNK = 64 * 1024
 

@@ -23,10 +23,10 @@ import pytest
 
 from benchmarks.conftest import CpuMeter, record
 from benchmarks.workloads import WORKLOADS, encode, make_runs
-from handler.auth import OPEN_TENANT
-from handler.ingest import run_object_key
-from handler.rows import RunRow
-from handler.segments import segment_key
+from handler.runs.ingest import run_object_key
+from handler.server.auth import OPEN_TENANT
+from handler.store.rows import RunRow
+from handler.store.segments import segment_key
 from tests.runs import split, with_id
 
 ROUNDS = 7

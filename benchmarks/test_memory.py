@@ -15,10 +15,10 @@ import tornado.httpserver
 import tornado.netutil
 
 from benchmarks.streaming import batch_chunks
-from handler.app import make_app
-from handler.config import Settings
-from handler.db import Database
-from handler.storage import ObjectStore
+from handler.server.app import make_app
+from handler.server.config import Settings
+from handler.store.db import Database
+from handler.store.objects import ObjectStore
 
 MB = 1024 * 1024
 

@@ -12,18 +12,18 @@ import sys
 import ijson
 import tornado.httpserver
 
-from handler.app import make_app
-from handler.auth import hash_key
-from handler.budget import Budget
-from handler.compact import compact
-from handler.config import Settings, env_file
-from handler.db import Database
-from handler.gc import collect_garbage
-from handler.ingest_handler import InFlight
-from handler.listen import bind, check_exposure, urls
-from handler.migrations import migrate, rollback_last
-from handler.storage import ObjectStore
-from handler.workers import prepare_metrics_dir, serve_workers, worker_count
+from handler.maintenance.compact import compact
+from handler.maintenance.gc import collect_garbage
+from handler.runs.budget import Budget
+from handler.runs.ingest_handler import InFlight
+from handler.server.app import make_app
+from handler.server.auth import hash_key
+from handler.server.config import Settings, env_file
+from handler.server.listen import bind, check_exposure, urls
+from handler.server.workers import prepare_metrics_dir, serve_workers, worker_count
+from handler.store.db import Database
+from handler.store.migrations import migrate, rollback_last
+from handler.store.objects import ObjectStore
 
 log = logging.getLogger("handler")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from handler.config import Settings
+from handler.server.config import Settings
 from tests.client import HttpClient
 from tests.reset_env import s3_client
 from tests.server import Server, start_server

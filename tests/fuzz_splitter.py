@@ -22,8 +22,8 @@ import tempfile
 import atheris
 
 with atheris.instrument_imports():
-    from handler.errors import RunError
-    from handler.stream import RunSplitter
+    from handler.base.errors import RunError
+    from handler.runs.splitter import RunSplitter
 
 HEADER = b'[{"trace_id":"6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10","name":"x",'
 SEPARATOR = re.compile(rb"[ \t\n\r]*")

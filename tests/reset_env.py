@@ -12,8 +12,8 @@ import botocore.session
 import psycopg2
 from botocore.exceptions import ClientError
 
-from handler.config import Settings
-from handler.migrations import migrate
+from handler.server.config import Settings
+from handler.store.migrations import migrate
 
 
 def reset_database(settings: Settings) -> None:

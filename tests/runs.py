@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 
-from handler.errors import RunError
-from handler.stream import Run, RunPart, RunSplitter
+from handler.base.errors import RunError
+from handler.runs.schema import Run
+from handler.runs.splitter import RunPart, RunSplitter
 from tests.client import HttpClient
 
 # Values a float round trip would change, escapes, non-ASCII, odd key order and nesting.

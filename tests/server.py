@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from handler.config import REPO_ROOT, Settings
+from handler.server.config import REPO_ROOT, Settings
 from tests.client import HttpClient
 
 

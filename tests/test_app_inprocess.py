@@ -1,5 +1,5 @@
 """The application in this process, on pytest-tornado's fixtures: ``app`` is the object the server
-itself serves (``handler.app.make_app``, with a real ObjectStore and Database started against the
+itself serves (``handler.server.app.make_app``, with a real ObjectStore and Database started against the
 PostgreSQL and MinIO of ``.env.test``), ``http_client`` speaks HTTP to it over a local socket, and
 each test is a coroutine run by ``@pytest.mark.gen_test`` on the test's own ``io_loop``.
 
@@ -23,13 +23,13 @@ from urllib.parse import urljoin
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from handler.app import make_app
-from handler.auth import ApiKeys, hash_key
-from handler.config import Settings
-from handler.db import Database
-from handler.docs import DOCUMENT
-from handler.ingest_handler import IngestHandler
-from handler.storage import ObjectStore
+from handler.runs.ingest_handler import IngestHandler
+from handler.server.app import make_app
+from handler.server.auth import ApiKeys, hash_key
+from handler.server.config import Settings
+from handler.server.docs import DOCUMENT
+from handler.store.db import Database
+from handler.store.objects import ObjectStore
 from tests.runs import FIDELITY_RUN, batch, run, with_id
 
 ALPHA = "alpha-in-process-key"

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from handler.auth import ApiKeys, hash_key
+from handler.server.auth import ApiKeys, hash_key
 from tests.runs import batch, run
 from tests.server import start_server
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from handler.budget import Budget, Busy, Claim
-from handler.config import MIB, Settings
+from handler.runs.budget import Budget, Busy, Claim
+from handler.server.config import MIB, Settings
 from tests.conftest import Store
 from tests.server import Server, start_server
 

@@ -3,7 +3,7 @@ served from its old object is tested through the server, in test_langsmith_api.p
 
 from __future__ import annotations
 
-from handler.cache import ObjectCache
+from handler.store.cache import ObjectCache
 
 
 def test_the_least_recently_used_objects_leave_first_and_the_bytes_stay_bounded():

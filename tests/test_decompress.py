@@ -13,8 +13,8 @@ import pytest
 import zstandard
 from backports import zstd
 
-from handler.decompress import PIECE_BYTES, IdentityDecoder, decoder_for
-from handler.errors import RunError
+from handler.base.errors import RunError
+from handler.runs.decompress import PIECE_BYTES, IdentityDecoder, decoder_for
 
 MiB = 1 << 20
 GiB = 1 << 30

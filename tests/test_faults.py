@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from handler.config import MIN_PART_BYTES, REPO_ROOT
+from handler.server.config import MIN_PART_BYTES, REPO_ROOT
 from tests.runs import batch, run, split
 from tests.server import run_handler, start_server
 

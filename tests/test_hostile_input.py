@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from handler.errors import RunError
-from handler.stream import RunSplitter
+from handler.base.errors import RunError
+from handler.runs.splitter import RunSplitter
 from tests.conftest import Store
 from tests.runs import FIDELITY_RUN, run, sent_bytes, split, split_all, with_id
 

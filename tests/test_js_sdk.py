@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.auth import hash_key
+from handler.server.auth import hash_key
 from tests.runs import list_trace
 from tests.server import start_server
 

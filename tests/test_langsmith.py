@@ -18,7 +18,7 @@ import pytest
 from langsmith import Client, traceable, tracing_context
 from langsmith.schemas import LangSmithInfo
 
-from handler.auth import hash_key
+from handler.server.auth import hash_key
 from tests.runs import list_trace
 from tests.server import start_server
 

@@ -34,9 +34,9 @@ import pytest
 import zstandard
 
 from handler import __version__
-from handler.auth import hash_key
-from handler.config import REPO_ROOT
-from handler.sessions import session_id_for
+from handler.read.sessions import session_id_for
+from handler.server.auth import hash_key
+from handler.server.config import REPO_ROOT
 from tests.client import HttpClient, Response
 from tests.conftest import Store
 from tests.reset_env import empty_bucket
@@ -1167,7 +1167,9 @@ def test_trace_is_listed_in_dotted_order_page_by_page(http):
     for limit in (3, 1, 6, 7, 1000):
         assert [r["id"] for r in list_trace(http, trace_id, limit)] == expected, limit
 
-    schema = json.loads((REPO_ROOT / "handler" / "openapi.json").read_text())["components"]["schemas"]
+    schema = json.loads((REPO_ROOT / "handler" / "server" / "openapi.json").read_text())["components"][
+        "schemas"
+    ]
     listed = {r["id"]: r for r in list_trace(http, trace_id)}
     for summary in listed.values():
         assert (

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from handler.config import MIN_PART_BYTES
-from handler.gc import collect_garbage
+from handler.maintenance.gc import collect_garbage
+from handler.server.config import MIN_PART_BYTES
 from tests.conftest import Store
 from tests.runs import split
 from tests.server import Server, start_server

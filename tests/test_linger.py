@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from handler.auth import hash_key
+from handler.server.auth import hash_key
 from tests.server import start_server
 
 KEY = "linger-test-key"

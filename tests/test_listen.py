@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from handler.auth import hash_key
-from handler.config import REPO_ROOT, Settings
-from handler.listen import is_loopback
+from handler.server.auth import hash_key
+from handler.server.config import REPO_ROOT, Settings
+from handler.server.listen import is_loopback
 from tests.runs import batch, run
 from tests.server import free_port, start_server
 

@@ -12,8 +12,8 @@ import random
 
 import pytest
 
-from handler.errors import RunError
-from handler.stream import LONG_STRING_BYTES, RunPart, RunSplitter
+from handler.base.errors import RunError
+from handler.runs.splitter import LONG_STRING_BYTES, RunPart, RunSplitter
 from tests.runs import TINY_PART, run, split, with_id
 from tests.test_hostile_input import oracle
 

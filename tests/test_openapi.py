@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 from schemathesis.core import NotSet
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from handler.docs import DOCUMENT
+from handler.server.docs import DOCUMENT
 from tests.server import Server
 
 # What the document must describe: every route of the API, no more.

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from handler.auth import hash_key
-from handler.config import Settings
+from handler.server.auth import hash_key
+from handler.server.config import Settings
 from tests.runs import batch, run
 from tests.server import Server, start_server
 

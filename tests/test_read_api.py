@@ -16,9 +16,9 @@ from langsmith import Client, traceable, tracing_context
 from langsmith.utils import LangSmithConflictError, LangSmithError, LangSmithNotFoundError
 from yoyo import get_backend, read_migrations
 
-from handler.auth import hash_key
-from handler.migrations import SCHEMA_DIR, migrate, rollback_last
-from handler.sessions import session_id_for
+from handler.read.sessions import session_id_for
+from handler.server.auth import hash_key
+from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
 from tests.conftest import FreshConnections
 from tests.server import start_server
 

@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from handler.config import REPO_ROOT, Settings
-from handler.db import Database
-from handler.migrations import migrate, rollback_last
+from handler.server.config import REPO_ROOT, Settings
+from handler.store.db import Database
+from handler.store.migrations import migrate, rollback_last
 from tests.client import HttpClient
 from tests.conftest import FreshConnections, Store
 from tests.runs import batch, run, split

@@ -14,9 +14,9 @@ import pytest
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from handler.config import Settings
-from handler.errors import RunError
-from handler.storage import ObjectStore, crc32_base64
+from handler.base.errors import RunError
+from handler.server.config import Settings
+from handler.store.objects import ObjectStore, crc32_base64
 
 
 def run(coroutine):

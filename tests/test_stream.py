@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from handler.errors import RunError
-from handler.stream import RunSplitter
+from handler.base.errors import RunError
+from handler.runs.splitter import RunSplitter
 from tests.runs import FIDELITY_RUN, batch, run, split, split_all, with_id
 
 

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from handler.errors import RunError
-from handler.stream import EPOCH_MILLIS_LIMIT, parse_run
+from handler.base.errors import RunError
+from handler.runs.schema import EPOCH_MILLIS_LIMIT
+from handler.runs.splitter import parse_run
 from tests.runs import split, split_all
 
 TRACE = "944ce838-b5c5-4628-8f23-089fbda8b9e3"

@@ -14,9 +14,9 @@ import uuid
 
 import pytest
 
-from handler.auth import hash_key
-from handler.config import REPO_ROOT
-from handler.sessions import session_id_for
+from handler.read.sessions import session_id_for
+from handler.server.auth import hash_key
+from handler.server.config import REPO_ROOT
 from tests.pipelines import STEPS, trace_pipeline, wait_for_runs
 from tests.server import start_server
 

@@ -1,0 +1,1 @@
+"""What every route shares: the error a request ends with, the JSON handler base, the metrics."""

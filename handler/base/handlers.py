@@ -1,0 +1,58 @@
+"""The base of every route's handler: JSON answers, errors included, and the caller's tenant."""
+
+from __future__ import annotations
+
+import logging
+
+import tornado.web
+
+from handler.base.errors import RunError
+from handler.server.auth import ApiKeys
+from handler.server.config import Settings
+from handler.store.db import Database
+from handler.store.objects import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class JSONHandler(tornado.web.RequestHandler):
+    """Every response, errors included, is JSON."""
+
+    def initialize(self, settings: Settings, store: ObjectStore, db: Database, keys: ApiKeys) -> None:
+        self.config = settings
+        self.store = store
+        self.db = db
+        self.keys = keys
+
+    def authenticate(self) -> str | None:
+        """The caller's tenant; answers 401 and returns None without a valid ``x-api-key``."""
+        tenant = self.keys.tenant_for(self.request.headers.get("x-api-key"))
+        if tenant is None:
+            self.fail(RunError(401, "a valid x-api-key header is required"))
+        return tenant
+
+    def fail(self, error: RunError) -> None:
+        if error.status >= 500:
+            log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(error.status)
+        self.set_retry_after(error)
+        self.finish(error.to_json())  # on a closed connection this writes nothing and does not raise
+
+    def set_retry_after(self, error: RunError) -> None:
+        retry_after = getattr(error, "retry_after", None)  # budget.Busy
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.finish({"error": self._reason})
+
+
+class NotFoundHandler(JSONHandler):
+    def initialize(self) -> None:
+        pass
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)

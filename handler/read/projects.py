@@ -1,0 +1,76 @@
+"""The project routes: ``GET /sessions``, ``GET /sessions/{id}``, ``POST /sessions`` (sessions.py
+has the SQL and the shapes)."""
+
+from __future__ import annotations
+
+import json
+
+from handler.base.errors import RunError
+from handler.base.handlers import JSONHandler
+from handler.read import sessions
+from handler.runs.schema import UUID_TEXT
+
+
+class SessionsHandler(JSONHandler):
+    """GET /sessions: a tenant's projects (a JSON array, as LangSmith answers). POST /sessions:
+    create one (``?upsert=true``: or update the one of that name)."""
+
+    SUPPORTED_METHODS = ("GET", "POST")
+
+    async def get(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        args = {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.query_arguments.items()}
+        try:
+            rows = await self.db.fetch(*sessions.list_sql(tenant, args))
+        except RunError as e:
+            return self.fail(e)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps([sessions.session_json(tenant, row) for row in rows]))
+
+    async def post(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        upsert = self.get_query_argument("upsert", "false").lower() == "true"
+        try:
+            name, description, extra = sessions.new_project(self.request.body)
+            extra_json = None if extra is None else json.dumps(extra)
+            session_id = str(sessions.session_id_for(tenant, name))
+            rows = await self.db.fetch(sessions.CREATE, (tenant, session_id, name, description, extra_json))
+            if rows:
+                self.set_status(201)
+            elif upsert:
+                rows = await self.db.fetch(sessions.UPDATE, (description, extra_json, tenant, name))
+            else:
+                raise RunError(409, f"a project named {name!r} already exists")
+        except RunError as e:
+            return self.fail(e)
+        self.finish(sessions.session_json(tenant, rows[0]))
+
+
+class SessionHandler(JSONHandler):
+    """GET /sessions/{id}: one project."""
+
+    SUPPORTED_METHODS = ("GET",)
+
+    async def get(self, session_id: str) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        try:
+            if not UUID_TEXT.fullmatch(session_id):
+                raise RunError(400, "the project id must be a UUID")
+            rows = await self.db.fetch(
+                f"SELECT {sessions.COLUMNS} FROM sessions WHERE tenant = %s AND id = %s", (tenant, session_id)
+            )
+            if not rows:
+                raise RunError(404, f"project {session_id} not found")
+        except RunError as e:
+            return self.fail(e)
+        self.finish(sessions.session_json(tenant, rows[0]))
+
+
+def routes(deps: dict) -> list:
+    return [(r"/sessions/?", SessionsHandler, deps), (r"/sessions/([^/]+)", SessionHandler, deps)]

@@ -1,0 +1,277 @@
+"""POST /runs/query: runs by project, trace, parent, type, root-ness, error and start time, newest
+first, in cursor pages -- the body and the answer that the SDK's ``list_runs`` sends and reads.
+
+Answered from the rows' columns and indexes (schema/0005_sessions.sql). Only when ``select``
+names a field that lives in the run's bytes (inputs, outputs, extra, ...) are the bytes of that
+page's runs read from object storage: at most PAYLOAD_BYTES for a page, which ends early rather
+than go over (a single run larger than that comes without those fields and with
+``"payload_omitted": true``). LangSmith's ``filter`` language (``filter``, ``trace_filter``,
+``tree_filter``, ``query``) is not implemented: a request using it is refused with 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from handler.base.errors import RunError
+from handler.base.handlers import JSONHandler
+from handler.runs.schema import RUN_TYPES, UUID_TEXT
+from handler.store.objects import Location
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 100
+MAX_BODY_BYTES = 1 << 20
+MAX_IDS = 1000  # in ``id``, ``session``, ``reference_example``
+PAYLOAD_BYTES = 32 << 20  # run bytes read for one page
+PAYLOAD_READS = 8  # at once
+# Fields of the answer that columns give; the others of PAYLOAD_FIELDS come from the run's bytes.
+COLUMNS = (
+    "id",
+    "name",
+    "run_type",
+    "start_time",
+    "end_time",
+    "trace_id",
+    "parent_run_id",
+    "dotted_order",
+    "session_id",
+    "reference_example_id",
+    "status",
+    "error",
+)
+ALWAYS = ("id", "name", "run_type", "start_time", "trace_id")
+PAYLOAD_FIELDS = frozenset({"inputs", "outputs", "extra", "events", "tags", "serialized"})
+_SQL_COLUMNS = ", ".join(COLUMNS) + ", object_key, object_offset, size_bytes"
+_ORDER_KEY = "coalesce(start_time, '-infinity')"
+UNSUPPORTED = ("filter", "trace_filter", "tree_filter", "query")
+KNOWN = frozenset(
+    {
+        "session",
+        "session_id",
+        "id",
+        "trace",
+        "parent_run",
+        "run_type",
+        "is_root",
+        "error",
+        "start_time",
+        "reference_example",
+        "limit",
+        "cursor",
+        "select",
+        *UNSUPPORTED,
+    }
+)
+
+
+def _uuids(value: object, name: str) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if len(values) > MAX_IDS:
+        raise RunError(400, f"{name} has more than {MAX_IDS} ids")
+    for v in values:
+        if not isinstance(v, str) or not UUID_TEXT.fullmatch(v):
+            raise RunError(400, f"{name} must be a UUID or a list of UUIDs")
+    return [str(uuid.UUID(v)) for v in values]
+
+
+def _uuid(value: object, name: str) -> str:
+    if not isinstance(value, str) or not UUID_TEXT.fullmatch(value):
+        raise RunError(400, f"{name} must be a UUID")
+    return str(uuid.UUID(value))
+
+
+def _flag(value: object, name: str) -> bool:
+    if value in (True, False, 0, 1) and not isinstance(value, float):
+        return bool(value)
+    raise RunError(400, f"{name} must be a boolean")
+
+
+def _moment(value: object, name: str) -> datetime:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise RunError(400, f"{name} must be an ISO 8601 date and time") from None
+    if moment.tzinfo is None:
+        raise RunError(400, f"{name} must have a time zone")
+    return moment
+
+
+def encode_cursor(start_time: datetime | None, run_id: object) -> str:
+    position = json.dumps([start_time.isoformat() if start_time else None, str(run_id)])
+    return base64.urlsafe_b64encode(position.encode()).decode()
+
+
+def decode_cursor(cursor: object) -> tuple[datetime | None, str]:
+    try:
+        if not isinstance(cursor, str) or len(cursor) > 200:
+            raise ValueError
+        moment, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(run_id, str) or not UUID_TEXT.fullmatch(run_id):
+            raise ValueError
+        start = None if moment is None else datetime.fromisoformat(moment)
+        if start is not None and start.tzinfo is None:
+            raise ValueError
+    except (ValueError, TypeError, UnicodeError):
+        raise RunError(400, "cursor is not one this server gave out") from None
+    return start, run_id
+
+
+def after_cursor(cursor: object) -> tuple[str, tuple]:
+    """The WHERE clause and parameters that continue a newest-first listing after ``cursor``."""
+    start, run_id = decode_cursor(cursor)
+    return f" AND ({_ORDER_KEY}, id) < (coalesce(%s::timestamptz, '-infinity'), %s::uuid)", (start, run_id)
+
+
+class Query:
+    """A checked POST /runs/query body: the SQL that answers it and what to select."""
+
+    def __init__(self, tenant: str, body: object) -> None:
+        if not isinstance(body, dict):
+            raise RunError(400, "body must be a JSON object")
+        unknown = sorted(k for k in body if k not in KNOWN)
+        if unknown:
+            raise RunError(400, f"unsupported query fields: {', '.join(unknown)}")
+        used = [k for k in UNSUPPORTED if body.get(k) is not None]
+        if used:
+            raise RunError(
+                400,
+                f"the filter query language ({', '.join(used)}) is not supported by this server;"
+                " use the fields session, id, trace, parent_run, run_type, is_root, error, start_time",
+            )
+        where, params = ["tenant = %s", "posted"], [tenant]
+
+        def add(clause: str, *values: object) -> None:
+            where.append(clause)
+            params.extend(values)
+
+        given = {k: v for k, v in body.items() if v is not None}
+        for key in ("session", "session_id"):
+            if key in given:
+                add("session_id = ANY(%s::uuid[])", _uuids(given[key], key))
+        if "id" in given:
+            add("id = ANY(%s::uuid[])", _uuids(given["id"], "id"))
+        if "reference_example" in given:
+            add(
+                "reference_example_id = ANY(%s::uuid[])",
+                _uuids(given["reference_example"], "reference_example"),
+            )
+        if "trace" in given:
+            add("trace_id = %s::uuid", _uuid(given["trace"], "trace"))
+        if "parent_run" in given:
+            add("parent_run_id = %s::uuid", _uuid(given["parent_run"], "parent_run"))
+        if "run_type" in given:
+            if not isinstance(given["run_type"], str) or given["run_type"] not in RUN_TYPES:
+                raise RunError(400, f"run_type must be one of {', '.join(sorted(RUN_TYPES))}")
+            add("run_type = %s", given["run_type"])
+        if "is_root" in given:
+            add(
+                "parent_run_id IS NULL" if _flag(given["is_root"], "is_root") else "parent_run_id IS NOT NULL"
+            )
+        if "error" in given:
+            add("status = 'error'" if _flag(given["error"], "error") else "status <> 'error'")
+        if "start_time" in given:
+            add("start_time >= %s", _moment(given["start_time"], "start_time"))
+        if "cursor" in given:
+            clause, values = after_cursor(given["cursor"])
+            add(clause.removeprefix(" AND "), *values)
+        limit = given.get("limit", DEFAULT_PAGE)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise RunError(400, "limit must be a positive integer")
+        self.limit = min(limit, MAX_PAGE)
+        select = given.get("select")
+        if select is not None and (
+            not isinstance(select, list) or len(select) > 100 or not all(isinstance(s, str) for s in select)
+        ):
+            raise RunError(400, "select must be a list of field names")
+        # What the SDK's Run cannot be made without comes whatever the select.
+        wanted = set(COLUMNS) if select is None else {*ALWAYS, *select}
+        self.columns = [c for c in COLUMNS if c in wanted]
+        self.payload = sorted(PAYLOAD_FIELDS & wanted)
+        order = f"ORDER BY {_ORDER_KEY} DESC, id DESC"
+        self.sql = f"SELECT {_SQL_COLUMNS} FROM runs WHERE {' AND '.join(where)} {order} LIMIT %s"
+        self.params = (*params, self.limit + 1)
+
+
+def run_json(row: Sequence, columns: Sequence[str]) -> dict:
+    values = dict(zip(COLUMNS, row, strict=False))
+    run = {}
+    for name in columns:
+        value = values[name]
+        if name == "dotted_order" and value is None:
+            continue  # the SDK's Run takes a missing dotted_order, not a null one
+        run[name] = (
+            value.isoformat() if isinstance(value, datetime) else (None if value is None else str(value))
+        )
+    return run
+
+
+async def with_payloads(store, rows: list[Sequence], runs: list[dict], fields: list[str]) -> int:
+    """Fill in ``fields`` from the runs' bytes, within PAYLOAD_BYTES; returns how many runs of the
+    page were read (the page ends there)."""
+    budget, count = PAYLOAD_BYTES, 0
+    for row in rows:
+        size = row[-1]
+        if count and size > budget:
+            break
+        budget -= size
+        count += 1
+    limit = asyncio.Semaphore(PAYLOAD_READS)
+
+    async def fill(row: Sequence, run: dict) -> None:
+        key, offset, size = row[-3:]
+        if size > PAYLOAD_BYTES:
+            run["payload_omitted"] = True
+            return
+        async with limit:
+            data = await store.read_all(Location(key, offset), size)
+        stored = json.loads(data)
+        for name in fields:
+            run[name] = stored.get(name)
+        if "error" in run and isinstance(stored.get("error"), str):
+            run["error"] = stored["error"]  # whole, not the column's start of it
+
+    await asyncio.gather(*(fill(row, run) for row, run in zip(rows[:count], runs, strict=False)))
+    return count
+
+
+class QueryHandler(JSONHandler):
+    """POST /runs/query."""
+
+    SUPPORTED_METHODS = ("POST",)
+
+    async def post(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        try:
+            if len(self.request.body) > MAX_BODY_BYTES:
+                raise RunError(413, f"a query body is at most {MAX_BODY_BYTES} bytes")
+            try:
+                body = json.loads(self.request.body or b"{}")
+            except (ValueError, UnicodeError):
+                raise RunError(400, "body must be a JSON object") from None
+            query = Query(tenant, body)
+            rows = await self.db.fetch(query.sql, query.params)
+            page = rows[: query.limit]
+            runs = [run_json(row, query.columns) for row in page]
+            more = len(rows) > len(page)
+            if query.payload and page:
+                count = await with_payloads(self.store, page, runs, query.payload)
+                more = more or count < len(page)
+                page, runs = page[:count], runs[:count]
+        except RunError as e:
+            return self.fail(e)
+        last = page[-1] if page else None
+        next_cursor = encode_cursor(last[3], last[0]) if more and last else None
+        self.finish({"runs": runs, "cursors": {"next": next_cursor, "prev": None}})
+
+
+def routes(deps: dict) -> list:
+    return [(r"/runs/query", QueryHandler, deps)]

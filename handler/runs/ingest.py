@@ -1,0 +1,336 @@
+"""One ingesting request (a batch, a multipart body, a patch): objects are uploaded while the body
+streams in, rows are written at the end. Small runs are packed many to an object (segments.py),
+larger ones get their own; uploads.py keeps the books of what is in flight.
+
+All or nothing: until the rows are committed nothing is visible, and a request that fails deletes
+the objects it uploaded -- at once, or, when the database broke during the commit and cannot say
+whether it committed, as soon as it can (gc.py catches what a crash leaves). Nothing stored is
+ever overwritten: a patch writes the run anew (into the request's segment, or a new object) and
+the row is repointed in the same transaction; the range it replaced in a segment is dead space
+until ``python -m handler compact`` rewrites the segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+
+from handler.base.errors import RunError
+from handler.runs.merge import build_object, merged, object_fields
+from handler.runs.schema import REQUIRED, Run
+from handler.runs.splitter import RunPart, parse_run
+from handler.server.config import Settings
+from handler.store.db import CommitUnknown, Database, committed_keys
+from handler.store.objects import Location, ObjectStore
+from handler.store.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
+from handler.store.segments import Packer
+from handler.store.uploads import PartsUpload, Uploads
+
+log = logging.getLogger(__name__)
+
+# Batches whose insert had an unknown outcome, being settled after their request ended.
+_SETTLING: set[asyncio.Task] = set()
+_SETTLE_EVERY_S = 2
+_SETTLE_FOR_S = 600
+
+
+def run_object_key(tenant: str, run_id: uuid.UUID) -> str:
+    """A fresh key per upload, so a batch that reuses an existing id can never overwrite the
+    stored run: it fails with 409 and its own object is deleted. The tenant is a checked name
+    (auth.TENANT_NAME) and the rest is generated, so no client input can leave the tenant's prefix."""
+    return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.json"
+
+
+def attachment_object_key(tenant: str, run_id: uuid.UUID) -> str:
+    return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.bin"
+
+
+class BatchIngest:
+    """The runs, patches and attachments of one request, stored all or nothing.
+
+    Runs are uploaded as they arrive. A patch is merged into its run's current bytes and stored
+    anew (nothing stored is ever overwritten); the run is repointed at commit. A patch that comes
+    before its run's post is stored alone and the post is merged under it later.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        db: Database,
+        settings: Settings,
+        tenant: str,
+        on_freed: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_freed`` is called whenever an upload ends (its bytes are no longer held)."""
+        self.tenant = tenant
+        self._store = store
+        self._db = db
+        self._settings = settings
+        self._uploads = Uploads(store, settings.upload_concurrency, settings.upload_window_bytes, on_freed)
+        self._packer = (
+            Packer(self._uploads, tenant, settings.segment_bytes, settings.segment_max_wait_ms / 1000)
+            if settings.segment_bytes
+            else None
+        )
+        self._rows: dict[uuid.UUID, RunRow] = {}  # runs new to the database
+        self._replaced: dict[uuid.UUID, Replacement] = {}  # runs the database has, rewritten
+        self._attachments: list[Attachment] = []
+        self._index: dict[uuid.UUID, int] = {}  # where each run or patch was in the request
+        self._posted: list[uuid.UUID] = []  # in request order
+        self._patched: list[uuid.UUID] = []
+        self._in_parts: dict[int, PartsUpload] = {}  # by run index, while the run arrives
+        self._superseded: list[Location] = []  # what no run points at once this request commits
+
+    @property
+    def aborted(self) -> bool:
+        return self._uploads.aborted
+
+    @property
+    def run_count(self) -> int:
+        return len(self._rows) + len(self._replaced)
+
+    @property
+    def object_count(self) -> int:
+        return self._uploads.objects
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held for this request's uploads: in flight, waiting to start, the open segment."""
+        return self._uploads.held_bytes + (self._packer.held_bytes if self._packer is not None else 0)
+
+    async def add_run(self, run: Run) -> None:
+        """A run to create; its upload starts now (or when its segment is sealed)."""
+        earlier = self._rows.get(run.id) or (self._replaced[run.id].row if run.id in self._replaced else None)
+        if earlier is not None and earlier.posted:
+            where = "is repeated in the batch" if run.id in self._rows else "already exists"
+            raise RunError(409, f"run {run.index}: id {run.id} {where}", run.index)
+        self._index.setdefault(run.id, run.index)
+        self._posted.append(run.id)
+        if earlier is None:
+            if run.parts:
+                location = await self._finish_in_parts(run)
+            else:
+                location = await self._store_run(run.id, run.body)
+            self._rows[run.id] = RunRow.of(run, location)
+            return
+        # Patches of this run came first, in this request: the post goes under them.
+        post = run.body
+        if run.parts:  # most of it is in S3 already: joined there, then read back
+            location = await self._finish_in_parts(run)
+            post = await self._read(location, run.size)
+            self._superseded.append(location)
+        row = await self._post_under_patches(post, StoredRun.of(earlier), f"run {run.index}")
+        if run.id in self._rows:
+            self._rows[run.id] = row
+        else:
+            self._replaced[run.id] = self._replaced[run.id]._replace(row=row)
+
+    async def add_part(self, part: RunPart) -> None:
+        """Bytes of a run too large to hold, uploaded now as a part of the run's own object."""
+        upload = self._in_parts.get(part.run.index)
+        if upload is None:
+            upload = await self._uploads.begin_parts(run_object_key(self.tenant, part.run.id))
+            self._in_parts[part.run.index] = upload
+        await self._uploads.put_part(upload, upload.next_number, part.data)
+        upload.next_number += 1
+
+    async def _finish_in_parts(self, run: Run) -> Location:
+        """The run has ended: send its head and its last bytes, then join the parts."""
+        upload = self._in_parts.pop(run.index)
+        await self._uploads.put_part(upload, 1, run.head)
+        await self._uploads.put_part(upload, upload.next_number, run.body)
+        await self._uploads.finish_parts(upload, run.size)
+        return Location(upload.key)
+
+    async def add_patch(self, run_id: uuid.UUID, patch: bytes, index: int) -> None:
+        """Fields to set on a run (given as a checked JSON object); nulls mean "not given"."""
+        updates = [(k, raw) for k, raw in object_fields(patch) if raw != "null" and k != "id"]
+        label = f"patch {index} of run {run_id}"
+        if run_id in self._rows:
+            base, old = StoredRun.of(self._rows[run_id]), None
+        elif run_id in self._replaced:
+            previous = self._replaced[run_id]
+            base, old = StoredRun.of(previous.row), previous.old
+        else:
+            found = await self._db.find_current(self.tenant, run_id)
+            if found is None:  # the patch came first: stored alone until the post comes
+                body = build_object([("id", json.dumps(str(run_id))), *updates])
+                run = self._parse(body, label, posted=False)
+                self._index.setdefault(run_id, index)
+                location = await self._store_run(run_id, run.body)
+                self._rows[run_id] = RunRow.of(run, location, posted=False)
+                self._patched.append(run_id)
+                return
+            base, old = found, found.location
+        self._index.setdefault(run_id, index)
+        await self._patch_stored(run_id, updates, base, old, label)
+        self._patched.append(run_id)
+
+    async def _patch_stored(
+        self, run_id: uuid.UUID, updates: list, base: StoredRun, old: Location | None, label: str
+    ) -> None:
+        """Merge ``updates`` into a run's stored bytes and store the result anew; at commit the row
+        is written new (``old`` None) or repointed from ``old``."""
+        fields = object_fields(await self._read(base.location, base.size))
+        run = self._parse(merged(fields, updates), label, base.posted)
+        trace_id = dict(fields).get("trace_id")
+        if trace_id is not None and uuid.UUID(json.loads(trace_id)) != run.trace_id:
+            raise RunError(400, f"{label}: trace_id of a run cannot change", self._index.get(run_id))
+        location = await self._store_run(run_id, run.body)
+        self._superseded.append(base.location)
+        row = RunRow.of(run, location, base.posted)
+        if old is None:
+            self._rows[run_id] = row
+        else:
+            self._replaced[run_id] = Replacement(row, old)
+
+    async def add_attachment(self, run_id: uuid.UUID, name: str, content_type: str, data: bytes) -> None:
+        key = attachment_object_key(self.tenant, run_id)
+        await self._uploads.put(key, data, "attachment", content_type)
+        self._attachments.append(Attachment(run_id, name, key, content_type, len(data)))
+
+    async def commit(self) -> dict[str, list[str]]:
+        """The request has ended: wait for the uploads, then write every row in one transaction.
+
+        Returns the ids of the runs created and of the runs patched."""
+        await self._wait_uploads()
+        try:
+            await self._write()
+        except WrittenMeanwhile as e:  # a post and a patch of one run came apart: merge, retry
+            await self._merge_posts_under_patches(e.posts)
+            await self._apply_patches_stored_alone(e.patches)
+            await self._wait_uploads()
+            await self._write()
+        await self._drop_superseded()
+        return {
+            "ids": [str(i) for i in self._posted],
+            "patched": [str(i) for i in dict.fromkeys(self._patched)],
+        }
+
+    async def _wait_uploads(self) -> None:
+        if self._packer is not None:
+            await self._packer.flush()
+        await self._uploads.wait_all()
+
+    async def _write(self) -> None:
+        try:
+            await self._db.write_batch(
+                self.tenant, list(self._rows.values()), list(self._replaced.values()), self._attachments
+            )
+        except RunError as e:
+            index = self._index.get(e.run_id)
+            if e.index is None and index is not None:
+                raise RunError(e.status, f"run {index}: {e.reason}", index) from e
+            raise
+
+    async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, StoredRun]) -> None:
+        """Runs posted now whose patches were stored by earlier requests."""
+        for run_id, stored_patches in patches.items():
+            posted = self._rows.pop(run_id)
+            post = await self._read(posted.location, posted.size_bytes)
+            row = await self._post_under_patches(post, stored_patches, f"run {run_id}")
+            self._superseded.append(posted.location)
+            self._replaced[run_id] = Replacement(row, stored_patches.location)
+
+    async def _apply_patches_stored_alone(self, stored: dict[uuid.UUID, StoredRun]) -> None:
+        """Patches that found no run when they came, whose run another request stored since."""
+        for run_id, current in stored.items():
+            alone = self._rows.pop(run_id)
+            patch = object_fields(await self._read(alone.location, alone.size_bytes))
+            self._superseded.append(alone.location)
+            updates = [(k, raw) for k, raw in patch if k != "id"]
+            await self._patch_stored(run_id, updates, current, current.location, f"patch of run {run_id}")
+
+    async def _post_under_patches(self, post: bytes, patches: StoredRun, label: str) -> RunRow:
+        """A run's post merged with the patches stored before it (their fields win), stored."""
+        updates = object_fields(await self._read(patches.location, patches.size))
+        fields = object_fields(post)
+        run = self._parse(merged(fields, updates), label)
+        if uuid.UUID(json.loads(dict(fields)["trace_id"])) != run.trace_id:
+            raise RunError(400, f"{label}: a patch sent before it gave the run another trace_id")
+        location = await self._store_run(run.id, run.body)
+        self._superseded.append(patches.location)
+        return RunRow.of(run, location)
+
+    def _parse(self, body: bytes, label: str, posted: bool = True) -> Run:
+        s = self._settings
+        return parse_run(body, s.max_run_bytes, s.max_depth, label, REQUIRED if posted else ())
+
+    async def abort(self, error: BaseException | None = None) -> None:
+        """Stop the uploads and delete every object this batch may have written."""
+        if self._uploads.aborted:
+            return
+        if self._packer is not None:
+            self._packer.close()
+        await self._uploads.abort()
+        if isinstance(error, CommitUnknown):
+            log.error("commit outcome unknown; settling %d objects in the background", self.object_count)
+            task = asyncio.create_task(self._settle_later(error.backend))
+            _SETTLING.add(task)
+            task.add_done_callback(_SETTLING.discard)
+            return
+        await self._uploads.delete(self._uploads.keys)
+
+    async def _settle_later(self, backend: tuple[int, int]) -> None:
+        """Once the database answers again: delete what the request wrote if it did not commit,
+        or what it replaced if it did."""
+        keys = committed_keys(list(self._rows.values()), list(self._replaced.values()), self._attachments)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SETTLE_FOR_S
+        while loop.time() < deadline:
+            await asyncio.sleep(_SETTLE_EVERY_S)
+            try:
+                found = await self._db.count_committed(keys, backend)
+            except Exception as e:  # the database is still away: try again
+                log.debug("settling: %s", e)
+                continue
+            if found == 0:
+                await self._uploads.delete(self._uploads.keys)
+                log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
+            else:
+                await self._drop_superseded()
+                log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
+            return
+        log.error(
+            "could not settle %d runs in %d s; gc will remove their objects if unused",
+            len(keys),
+            _SETTLE_FOR_S,
+        )
+
+    async def _drop_superseded(self) -> None:
+        """Once committed: delete the objects that held only what this request replaced -- a run's
+        own object, or a segment no run points into any more (the rest stay for their live runs,
+        and compaction reclaims their dead ranges)."""
+        whole = {location.key for location in self._superseded if location.offset is None}
+        segments = {location.key for location in self._superseded if location.offset is not None}
+        if segments:
+            try:
+                segments -= await self._db.stored_keys(sorted(segments))
+            except RunError as e:
+                log.warning(
+                    "could not check %d segments for live runs (gc will): %s", len(segments), e.reason
+                )
+                segments = set()
+        await self._uploads.delete(sorted(whole | segments))
+
+    async def _store_run(self, run_id: uuid.UUID, body: bytes) -> Location:
+        """Upload a run's bytes: packed into the request's segment when it is small, else as its
+        own object. Returns where they will be."""
+        if self._packer is not None and len(body) <= self._settings.pack_max_run_bytes:
+            return await self._packer.add(body)
+        key = run_object_key(self.tenant, run_id)
+        await self._uploads.put(key, body, "run")
+        return Location(key)
+
+    async def _read(self, location: Location, size: int) -> bytes:
+        """A run's stored bytes (a run being patched: bounded by the run size limit), from the open
+        segment if it is still here, else from S3 once its upload has ended."""
+        if self._packer is not None:
+            data = self._packer.read(location, size)
+            if data is not None:
+                return data
+        await self._uploads.wait(location.key)
+        return await self._store.read_all(location, size)

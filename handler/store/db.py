@@ -1,0 +1,371 @@
+"""PostgreSQL through aiopg: one row per run pointing at its bytes (a whole object, or a range of a
+segment)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+
+from handler.base.errors import RunError
+from handler.read.sessions import UPSERT as UPSERT_SESSIONS
+from handler.read.sessions import with_sessions
+from handler.server.config import Settings
+from handler.store.rows import (
+    INSERT,
+    INSERT_ATTACHMENTS,
+    STORED_COLUMNS,
+    SUMMARY_COLUMNS,
+    UPDATE,
+    Attachment,
+    Replacement,
+    RunRow,
+    StoredRun,
+    WrittenMeanwhile,
+    columns,
+    stored_run,
+)
+
+# PostgreSQL gives up on a statement before the client does, so a slow insert ends as an error
+# from the server (the statement was rolled back), not as a client timeout (outcome unknown).
+_STATEMENT_TIMEOUT_MS = 30_000
+_CLIENT_TIMEOUT_S = 60
+# SQLSTATE classes that say the connection or the server failed, not the statement: a statement
+# that gets one of these may still have committed.
+_CONNECTION_ERROR_CLASSES = ("08", "57P")
+_BACKEND_EXIT_WAIT_S = 10
+
+
+def committed_keys(
+    rows: Sequence[RunRow], replacements: Sequence[Replacement], attachments: Sequence[Attachment]
+) -> list[str]:
+    """The object key of every row a batch writes: once it has committed, each has a row (keys
+    repeat, one per run of a segment)."""
+    return (
+        [r.object_key for r in rows]
+        + [r.row.object_key for r in replacements]
+        + [a.object_key for a in attachments]
+    )
+
+
+def database_error(error: Exception) -> RunError:
+    return RunError(503, f"database unavailable: {error}".strip())
+
+
+def statement_error(error: Exception) -> RunError:
+    """A statement the server refused: a value it cannot store is the client's (SQLSTATE class 22,
+    data exception); anything else is ours."""
+    if isinstance(error, psycopg2.Error) and (error.pgcode or "").startswith("22"):
+        return RunError(400, f"a value cannot be stored: {error.diag.message_primary}")
+    return database_error(error)
+
+
+class CommitUnknown(RunError):
+    """The connection failed while the insert was in flight and the outcome could not be checked:
+    the rows may be committed, so their objects must not be deleted yet (ingest.py settles it
+    later, and `make gc` removes them if they never got rows)."""
+
+    def __init__(self, error: Exception, backend: tuple[int, int]) -> None:
+        super().__init__(503, f"database unavailable, the batch may or may not be stored: {error}")
+        self.backend = backend
+
+
+def _backend_of(conn: aiopg.Connection) -> tuple[int, int]:
+    """The server process of a connection and our local port: what identifies it in
+    pg_stat_activity (taken before use: once the connection breaks the socket is gone)."""
+    sock = socket.socket(fileno=os.dup(conn.raw.fileno()))  # a copy: closing it leaves ours open
+    try:
+        port = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else -1
+    finally:
+        sock.close()
+    return conn.raw.get_backend_pid(), port
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: aiopg.Pool | None = None
+
+    def _connect_args(self) -> dict:
+        s = self._settings
+        return {
+            "host": s.db_host,
+            "port": s.db_port,
+            "user": s.db_user,
+            "password": s.db_password,
+            "dbname": s.db_name,
+            "timeout": _CLIENT_TIMEOUT_S,
+            "options": f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
+        }
+
+    async def start(self) -> None:
+        self._pool = await aiopg.create_pool(
+            minsize=1, maxsize=self._settings.db_pool_size, **self._connect_args()
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+
+    async def write_batch(
+        self,
+        tenant: str,
+        rows: Sequence[RunRow],
+        replacements: Sequence[Replacement] = (),
+        attachments: Sequence[Attachment] = (),
+    ) -> None:
+        """Insert the new runs, repoint the patched ones and add the attachments, all or none.
+
+        New runs alone take one statement, which is its own transaction (one round trip); with
+        patches or attachments the statements run in one transaction.
+
+        Raises RunError 409 if an id already exists or a patched run changed meanwhile,
+        WrittenMeanwhile for runs that another request stored meanwhile and that can be merged
+        (a post and a patch of one run, sent apart and at once), 503 if nothing was
+        written, and CommitUnknown if the connection broke while the commit may have happened
+        and the outcome could not be settled.
+        """
+        if not (rows or replacements or attachments):
+            return
+        # Each run's project: its id filled in, and created with the rows if it is new.
+        resolved, projects = with_sessions(tenant, [*rows, *(r.row for r in replacements)])
+        rows = resolved[: len(rows)]
+        replaced = resolved[len(rows) :]
+        replacements = [r._replace(row=row) for r, row in zip(replacements, replaced, strict=True)]
+        sessions = (tenant, *columns(projects)) if projects else None
+        try:
+            conn = await self._pool.acquire()
+            backend = _backend_of(conn)
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            raise database_error(e) from e  # nothing was sent
+        try:
+            async with conn.cursor() as cur:
+                if replacements or attachments:
+                    await self._begin_and_write(cur, tenant, rows, replacements, attachments, sessions)
+                    committing: tuple = ("COMMIT", None)
+                elif sessions:  # still one statement: the projects' upsert is a CTE of the insert
+                    statement = f"WITH s AS ({UPSERT_SESSIONS}) {INSERT}"
+                    committing = (statement, (*sessions, tenant, *columns(rows)))
+                else:
+                    committing = (INSERT, (tenant, *columns(rows)))
+                try:
+                    await cur.execute(*committing)
+                except psycopg2.errors.UniqueViolation as e:
+                    await self._conflict(tenant, rows, e)
+                except psycopg2.Error as e:
+                    if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
+                        raise statement_error(e) from e  # the server rolled it back
+                    await self._settle(rows, replacements, attachments, backend, e)
+                except (OSError, TimeoutError) as e:
+                    await self._settle(rows, replacements, attachments, backend, e)
+        finally:
+            self._pool.release(conn)
+
+    async def _begin_and_write(
+        self,
+        cur: aiopg.Cursor,
+        tenant: str,
+        rows: Sequence[RunRow],
+        replacements: Sequence[Replacement],
+        attachments: Sequence[Attachment],
+        sessions: tuple | None,
+    ) -> None:
+        """Every statement of write_batch but the COMMIT, in a transaction that is rolled back if
+        any fails: until COMMIT is sent nothing can be stored."""
+        try:
+            await cur.execute("BEGIN")
+            if sessions:
+                await cur.execute(UPSERT_SESSIONS, sessions)
+            if rows:
+                await cur.execute(INSERT, (tenant, *columns(rows)))
+            if replacements:
+                new_rows = [r.row for r in replacements]
+                old_keys, old_offsets = columns([r.old for r in replacements])
+                await cur.execute(UPDATE, (old_keys, old_offsets, *columns(new_rows), tenant))
+                if cur.rowcount != len(replacements):
+                    raise RunError(409, "a patched run was changed by another request meanwhile; retry")
+            if attachments:
+                await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
+        except BaseException as e:
+            with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
+                await cur.execute("ROLLBACK")
+            if isinstance(e, psycopg2.errors.UniqueViolation):
+                await self._conflict(tenant, rows, e)
+            if isinstance(e, psycopg2.errors.ForeignKeyViolation):
+                raise RunError(404, "an attachment's run does not exist") from e
+            if isinstance(e, psycopg2.Error | OSError | TimeoutError):
+                raise statement_error(e) from e
+            raise
+
+    async def _settle(
+        self,
+        rows: Sequence[RunRow],
+        replacements: Sequence[Replacement],
+        attachments: Sequence[Attachment],
+        backend: tuple[int, int],
+        error: Exception,
+    ) -> None:
+        """Returns if the transaction committed after all, raises database_error if it surely did
+        not, CommitUnknown if that cannot be told now."""
+        keys = committed_keys(rows, replacements, attachments)
+        try:
+            found = await self.count_committed(keys, backend)
+        except (psycopg2.Error, OSError, TimeoutError, RunError):
+            raise CommitUnknown(error, backend) from error
+        if found == len(keys):
+            return
+        if found == 0:
+            raise database_error(error) from error
+        raise CommitUnknown(error, backend) from error
+
+    async def count_committed(self, keys: Sequence[str], backend: tuple[int, int]) -> int:
+        """How many rows (of runs and attachments) point at these object keys, once the backend
+        that ran the insert is gone.
+
+        The backend may still be running the statement after our side of the connection broke;
+        it is terminated and waited for, so it cannot commit after we have looked. ``backend`` is
+        (pid, client port): the port makes sure a reused pid is not mistaken for ours.
+        """
+        pid, port = backend
+        async with aiopg.connect(**self._connect_args()) as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND client_port = %s",
+                (pid, port),
+            )
+            for _ in range(_BACKEND_EXIT_WAIT_S * 10):
+                await cur.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND client_port = %s", (pid, port)
+                )
+                if not await cur.fetchall():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise RunError(503, f"backend {pid} did not exit")
+            await cur.execute(
+                "SELECT (SELECT count(*) FROM runs WHERE object_key = ANY(%s))"
+                " + (SELECT count(*) FROM run_attachments WHERE object_key = ANY(%s))",
+                (list(keys), list(keys)),
+            )
+            return (await cur.fetchone())[0]
+
+    async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error) -> None:
+        """A unique key was taken (nothing was written): a 409 if a run was posted twice, else the
+        runs to merge with what another request stored meanwhile (WrittenMeanwhile)."""
+        if error.diag.constraint_name == "run_attachments_pkey":
+            raise RunError(409, "an attachment of that name already exists for the run") from error
+        found = await self._fetch(
+            f"SELECT id, {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            (tenant, [str(row.id) for row in rows]),
+        )
+        existing = {uuid.UUID(str(found_row[0])): stored_run(found_row[1:]) for found_row in found}
+        posts, patches = {}, {}
+        for row in rows:
+            stored = existing.get(row.id)
+            if stored is None:
+                continue
+            if stored.posted and row.posted:
+                raise RunError(409, f"id {row.id} already exists", run_id=row.id) from error
+            (posts if row.posted else patches)[row.id] = stored
+        if not (posts or patches):  # taken by a request that has been undone since
+            raise RunError(409, "a run id was being written by another request; retry") from error
+        raise WrittenMeanwhile(posts, patches)
+
+    async def find_run(self, tenant: str, run_id: uuid.UUID) -> StoredRun | None:
+        """A tenant's posted run, or None."""
+        rows = await self._fetch(
+            f"SELECT {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = %s AND posted",
+            (tenant, str(run_id)),
+        )
+        return stored_run(rows[0]) if rows else None
+
+    async def find_current(self, tenant: str, run_id: uuid.UUID) -> StoredRun | None:
+        """A tenant's run, posted or patched only; or None."""
+        rows = await self._fetch(
+            f"SELECT {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = %s", (tenant, str(run_id))
+        )
+        return stored_run(rows[0]) if rows else None
+
+    async def find_attachment(self, tenant: str, run_id: uuid.UUID, name: str) -> tuple[str, str, int] | None:
+        """The object key, content type and size of a run's attachment, or None."""
+        rows = await self._fetch(
+            "SELECT a.object_key, a.content_type, a.size_bytes FROM run_attachments a"
+            " JOIN runs r ON r.tenant = a.tenant AND r.id = a.run_id"
+            " WHERE a.tenant = %s AND a.run_id = %s AND a.name = %s AND r.posted",
+            (tenant, str(run_id), name),
+        )
+        return rows[0] if rows else None
+
+    async def list_trace(
+        self, tenant: str, trace_id: uuid.UUID, limit: int, after: tuple[str, str] | None
+    ) -> list[dict]:
+        """A page of a trace's runs in dotted_order (then id), after the (dotted_order, id) given."""
+        where = "tenant = %s AND trace_id = %s AND posted"
+        params: tuple = (tenant, str(trace_id))
+        if after is not None:
+            where += " AND (coalesce(dotted_order, ''), id) > (%s, %s::uuid)"
+            params += after
+        order = "ORDER BY coalesce(dotted_order, ''), id"
+        rows = await self._fetch(
+            f"SELECT {SUMMARY_COLUMNS} FROM runs WHERE {where} {order} LIMIT %s", (*params, limit)
+        )
+        names = SUMMARY_COLUMNS.replace(" ", "").split(",")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def stored_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these object keys belong to a committed run or attachment."""
+        rows = await self._fetch(
+            "SELECT object_key FROM runs WHERE object_key = ANY(%s)"
+            " UNION ALL SELECT object_key FROM run_attachments WHERE object_key = ANY(%s)",
+            (list(keys), list(keys)),
+        )
+        return {row[0] for row in rows}
+
+    async def segment_runs(self, key: str) -> list[tuple[str, uuid.UUID, int, int]]:
+        """The runs that point into a segment, in object order: (tenant, id, offset, size)."""
+        rows = await self._fetch(
+            "SELECT tenant, id, object_offset, size_bytes FROM runs"
+            " WHERE object_key = %s AND object_offset IS NOT NULL ORDER BY object_offset",
+            (key,),
+        )
+        return [(tenant, uuid.UUID(str(run_id)), offset, size) for tenant, run_id, offset, size in rows]
+
+    async def move_runs(self, old_key: str, new_key: str, moves: Sequence[tuple[uuid.UUID, int, int]]) -> int:
+        """Repoint runs from ``old_key`` to ``new_key`` in one transaction, each (id, old offset,
+        new offset) only if the run still points where it was: a patch meanwhile wins. Returns
+        how many moved."""
+        ids, old_offsets, new_offsets = columns(moves)
+        rows = await self._fetch(
+            "UPDATE runs AS r SET object_key = %s, object_offset = m.new_offset"
+            " FROM unnest(%s::uuid[], %s::bigint[], %s::bigint[]) AS m(id, old_offset, new_offset)"
+            " WHERE r.id = m.id AND r.object_key = %s AND r.object_offset = m.old_offset"
+            " RETURNING r.id",
+            (new_key, ids, old_offsets, new_offsets, old_key),
+        )
+        return len(rows)
+
+    async def fetch(self, sql: str, params: tuple) -> list[tuple]:
+        """A query's rows; RunError 400 for a value the database cannot take, 503 when it fails."""
+        return await self._fetch(sql, params, statement_error)
+
+    async def _fetch(self, sql: str, params: tuple, error=database_error) -> list[tuple]:
+        """A query's rows; its failure as the RunError ``error`` makes of it (503 by default)."""
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute(sql, params)
+                return await cur.fetchall()
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            raise error(e) from e
+
+    async def ping(self) -> None:
+        """A round trip through the pool, for GET /ready; raises the driver's error as it is."""
+        async with self._pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            await cur.fetchone()

@@ -1,0 +1,1 @@
+"""The trace viewer at /ui: templates and static files served from the package."""

@@ -1,0 +1,109 @@
+"""The trace viewer, ``/ui``: a project's recent traces, and a trace as a waterfall.
+
+Tornado templates (``handler/templates``) and plain JavaScript and CSS (``handler/static``), all
+served from the package: nothing from a CDN, no build step, no inline script (the pages carry a
+``script-src 'self'`` Content-Security-Policy). The pages load without a key; their data calls
+(``/sessions``, ``/runs/query``, ``/runs/{id}`` and ``/ui/api/traces``) send ``x-api-key`` from
+the tab's sessionStorage, asked for once when the server answers 401. URLs are relative, so the
+viewer also works behind a proxy that mounts the service under a path prefix.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import tornado.template
+import tornado.web
+
+from handler.base.errors import RunError
+from handler.base.handlers import JSONHandler
+from handler.read.query import after_cursor, encode_cursor
+from handler.runs.schema import UUID_TEXT
+
+_PACKAGE = Path(str(importlib.resources.files(__package__)))
+_TEMPLATES = tornado.template.Loader(str(_PACKAGE / "templates"))
+STATIC = _PACKAGE / "static"
+MAX_TRACES = 50
+_POLICY = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'"
+_TRACES = (
+    "SELECT r.id, r.trace_id, r.name, r.start_time, r.end_time, r.status, r.error,"
+    " (SELECT count(*) FROM runs c WHERE c.tenant = r.tenant AND c.trace_id = r.trace_id AND c.posted)"
+    " FROM runs r WHERE {where} ORDER BY coalesce(r.start_time, '-infinity') DESC, r.id DESC LIMIT %s"
+)
+
+
+class PageHandler(tornado.web.RequestHandler):
+    """A viewer page; ``root`` is the relative way back to the service's root."""
+
+    SUPPORTED_METHODS = ("GET",)
+
+    def initialize(self, template: str, root: str, **deps) -> None:
+        self.template, self.root = template, root
+
+    def get(self, *args: str) -> None:
+        self.set_header("Content-Security-Policy", _POLICY)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(_TEMPLATES.load(self.template).generate(root=self.root, args=args))
+
+
+class TracesApiHandler(JSONHandler):
+    """GET /ui/api/traces?session=&status=&name=&cursor=: a project's root runs, newest first,
+    each with the number of runs in its trace."""
+
+    async def get(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        try:
+            where, params = self.filters(tenant)
+            rows = await self.db.fetch(_TRACES.format(where=" AND ".join(where)), (*params, MAX_TRACES + 1))
+        except RunError as e:
+            return self.fail(e)
+        page = rows[:MAX_TRACES]
+        names = ("id", "trace_id", "name", "start_time", "end_time", "status", "error", "run_count")
+        traces = [
+            {
+                k: v.isoformat()
+                if hasattr(v, "isoformat")
+                else (v if v is None or k == "run_count" else str(v))
+                for k, v in zip(names, row, strict=True)
+            }
+            for row in page
+        ]
+        last = page[-1] if len(rows) > len(page) else None
+        self.finish({"traces": traces, "next_cursor": encode_cursor(last[3], last[0]) if last else None})
+
+    def filters(self, tenant: str) -> tuple[list[str], list]:
+        session = self.get_query_argument("session", "")
+        if not UUID_TEXT.fullmatch(session):
+            raise RunError(400, "session must be a project id")
+        where = ["r.tenant = %s", "r.posted", "r.session_id = %s", "r.parent_run_id IS NULL"]
+        params: list = [tenant, session]
+        status = self.get_query_argument("status", "")
+        if status:
+            if status not in ("success", "error", "pending"):
+                raise RunError(400, "status must be success, error or pending")
+            where.append("r.status = %s")
+            params.append(status)
+        name = self.get_query_argument("name", "")
+        if "\x00" in name:
+            raise RunError(400, "name must not contain NUL characters")
+        if name:
+            where.append("strpos(lower(r.name), lower(%s)) > 0")
+            params.append(name)
+        cursor = self.get_query_argument("cursor", "")
+        if cursor:
+            clause, values = after_cursor(cursor)
+            where.append(clause.removeprefix(" AND "))  # its columns are r's: the only table here
+            params.extend(values)
+        return where, params
+
+
+def routes(deps: dict) -> list:
+    return [
+        (r"/ui", PageHandler, {"template": "traces.html", "root": "./", **deps}),
+        (r"/ui/trace/([0-9a-fA-F-]{36})", PageHandler, {"template": "trace.html", "root": "../../", **deps}),
+        (r"/ui/api/traces", TracesApiHandler, deps),
+        (r"/ui/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
+    ]
