@@ -1,4 +1,5 @@
-"""The trace viewer, ``/ui``: a project's recent traces, and a trace as a waterfall.
+"""The trace viewer, ``/ui``: a project's recent traces, a trace as a waterfall (LLM runs' messages
+as a chat), and a project's monitor (charts over 1, 7 or 30 days, ui/monitor.py).
 
 Tornado templates (``handler/templates``) and plain JavaScript and CSS (``handler/static``), all
 served from the package: nothing from a CDN, no build step, no inline script (the pages carry a
@@ -20,6 +21,9 @@ from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
 from handler.read.query import after_cursor, encode_cursor
 from handler.runs.schema import UUID_TEXT
+from handler.store.objects import Location
+from handler.ui.monitor import monitor
+from handler.ui.preview import previews
 
 _PACKAGE = Path(str(importlib.resources.files(__package__)))
 _TEMPLATES = tornado.template.Loader(str(_PACKAGE / "templates"))
@@ -28,9 +32,11 @@ MAX_TRACES = 50
 _POLICY = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'"
 _TRACES = (
     "SELECT r.id, r.trace_id, r.name, r.start_time, r.end_time, r.status, r.error,"
-    " (SELECT count(*) FROM runs c WHERE c.tenant = r.tenant AND c.trace_id = r.trace_id AND c.posted)"
+    " (SELECT count(*) FROM runs c WHERE c.tenant = r.tenant AND c.trace_id = r.trace_id AND c.posted),"
+    " extract(epoch FROM r.end_time - r.start_time) * 1000, r.object_key, r.object_offset, r.size_bytes"
     " FROM runs r WHERE {where} ORDER BY coalesce(r.start_time, '-infinity') DESC, r.id DESC LIMIT %s"
 )
+_NAMES = ("id", "trace_id", "name", "start_time", "end_time", "status", "error", "run_count", "latency_ms")
 
 
 class PageHandler(tornado.web.RequestHandler):
@@ -61,16 +67,18 @@ class TracesApiHandler(JSONHandler):
         except RunError as e:
             return self.fail(e)
         page = rows[:MAX_TRACES]
-        names = ("id", "trace_id", "name", "start_time", "end_time", "status", "error", "run_count")
         traces = [
             {
                 k: v.isoformat()
                 if hasattr(v, "isoformat")
-                else (v if v is None or k == "run_count" else str(v))
-                for k, v in zip(names, row, strict=True)
+                else (v if v is None or k == "run_count" else round(v) if k == "latency_ms" else str(v))
+                for k, v in zip(_NAMES, row[: len(_NAMES)], strict=True)
             }
             for row in page
         ]
+        texts = await previews(self.store, [(Location(r[9], r[10]), r[11]) for r in page])
+        for trace, text in zip(traces, texts, strict=True):
+            trace["input"] = text
         last = page[-1] if len(rows) > len(page) else None
         self.finish({"traces": traces, "next_cursor": encode_cursor(last[3], last[0]) if last else None})
 
@@ -100,10 +108,35 @@ class TracesApiHandler(JSONHandler):
         return where, params
 
 
+class MonitorApiHandler(JSONHandler):
+    """GET /ui/api/monitor?session=&days=1|7|30: the monitor page's numbers (ui/monitor.py)."""
+
+    async def get(self) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        session = self.get_query_argument("session", "")
+        days = self.get_query_argument("days", "1")
+        try:
+            if not UUID_TEXT.fullmatch(session):
+                raise RunError(400, "session must be a project id")
+            if days not in ("1", "7", "30"):
+                raise RunError(400, "days must be 1, 7 or 30")
+            self.finish(await monitor(self.db, tenant, session, int(days)))
+        except RunError as e:
+            return self.fail(e)
+
+
 def routes(deps: dict) -> list:
     return [
         (r"/ui", PageHandler, {"template": "traces.html", "root": "./", **deps}),
         (r"/ui/trace/([0-9a-fA-F-]{36})", PageHandler, {"template": "trace.html", "root": "../../", **deps}),
+        (
+            r"/ui/projects/([0-9a-fA-F-]{36})/monitor",
+            PageHandler,
+            {"template": "monitor.html", "root": "../../../", **deps},
+        ),
         (r"/ui/api/traces", TracesApiHandler, deps),
+        (r"/ui/api/monitor", MonitorApiHandler, deps),
         (r"/ui/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
     ]

@@ -65,13 +65,30 @@
       return row;
     });
     rowsEl.replaceChildren(...rows);
-    if (rows.length) guarded(() => select(runs.find((r) => !r.parent_run_id) || runs[0], rows[0]));
+    // The run named in the URL (?run=, a shared link), else the root.
+    const wanted = new URLSearchParams(location.search).get("run");
+    const first = rows.find((r) => r.dataset.runId === wanted) || rows[0];
+    if (first) first.click();
   }
+
+  // j / k: the next / previous run of the trace, as in a mail reader.
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName)) return;
+    if (e.key !== "j" && e.key !== "k") return;
+    const next = selected && (e.key === "j" ? selected.nextElementSibling : selected.previousElementSibling);
+    if (!next) return;
+    next.click();
+    next.focus();
+    next.scrollIntoView({ block: "nearest" });
+  });
 
   async function select(run, row) {
     if (selected) selected.classList.remove("selected");
     selected = row;
     row.classList.add("selected");
+    const link = new URLSearchParams(location.search);
+    link.set("run", run.id); // the page's URL names the selected run: copy it to share it
+    history.replaceState(null, "", "?" + link);
     const detail = document.getElementById("detail");
     detail.hidden = false;
     document.getElementById("detail-title").textContent = run.name;
@@ -86,8 +103,15 @@
     const sections = [["Error", stored.error], ["Inputs", stored.inputs], ["Outputs", stored.outputs],
       ["Metadata", (stored.extra || {}).metadata], ["Tags", stored.tags]];
     bodyEl.replaceChildren(...sections.filter(([, v]) => v !== undefined && v !== null).map(([title, value]) =>
-      el("section", { class: "field field-" + title.toLowerCase() }, el("h3", { text: title }),
-        typeof value === "string" ? longText(value, "error-block") : JsonView.render(value))));
+      el("section", { class: "field field-" + title.toLowerCase() }, el("h3", { text: title }), field(title, value))));
+  }
+
+  // Inputs and outputs that hold messages show as a chat (ChatView); anything else as JSON.
+  function field(title, value) {
+    const tools = { longText, json: (v) => JsonView.render(v) };
+    const chat = (title === "Inputs" || title === "Outputs") && ChatView.section(value, tools);
+    if (chat) return chat;
+    return typeof value === "string" ? longText(value, "error-block") : JsonView.render(value);
   }
 
   // Long text shows its start; the rest on request, so a huge value never freezes the page.

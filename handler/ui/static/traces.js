@@ -18,7 +18,23 @@
     if (!projects.length) { message("No projects yet: trace something first."); return; }
     const wanted = params.get("project");
     if (wanted && projects.some((p) => p.id === wanted)) picker.value = wanted;
+    // A shared link (?project=&status=&name=&cursor=) opens the list it was copied from.
+    status.value = params.get("status") || "";
+    name.value = params.get("name") || "";
+    if (params.get("cursor")) cursors = ["", params.get("cursor")];
     await loadPage();
+  }
+
+  // The URL names the list shown (never the key): copy it to share it.
+  function remember(cursor) {
+    const link = new URLSearchParams({ project: picker.value });
+    if (status.value) link.set("status", status.value);
+    if (name.value.trim()) link.set("name", name.value.trim());
+    if (cursor) link.set("cursor", cursor);
+    history.replaceState(null, "", "?" + link);
+    const monitor = document.getElementById("monitor-link");
+    monitor.href = "ui/projects/" + picker.value + "/monitor";
+    monitor.hidden = !picker.value;
   }
 
   async function loadPage() {
@@ -27,6 +43,7 @@
     if (name.value.trim()) query.set("name", name.value.trim());
     const cursor = cursors[cursors.length - 1];
     if (cursor) query.set("cursor", cursor);
+    remember(cursor);
     const page = await api("ui/api/traces?" + query);
     next = page.next_cursor;
     body.replaceChildren(...page.traces.map(row));
@@ -40,17 +57,15 @@
     const state = el("span", { class: "status status-" + trace.status, text: trace.status });
     const tr = el("tr", { "data-trace-id": trace.trace_id },
       el("td", {}, link), el("td", { text: when(trace.start_time) }),
-      el("td", { text: duration(trace.start_time, trace.end_time) }), el("td", {}, state),
-      el("td", { class: "count", text: String(trace.run_count) }));
+      el("td", { class: "latency", "data-ms": trace.latency_ms === null ? "" : String(trace.latency_ms), text: duration(trace.start_time, trace.end_time) }),
+      el("td", {}, state), el("td", { class: "count", text: String(trace.run_count) }),
+      el("td", { class: "input-preview", title: trace.input || "", text: trace.input || "" }));
     if (trace.error) tr.title = trace.error;
     return tr;
   }
 
   function restart() { cursors = [""]; guarded(loadPage); }
-  picker.addEventListener("change", () => {
-    history.replaceState(null, "", "?project=" + picker.value);
-    restart();
-  });
+  picker.addEventListener("change", restart);
   document.getElementById("apply").addEventListener("click", restart);
   name.addEventListener("keydown", (e) => { if (e.key === "Enter") restart(); });
   status.addEventListener("change", restart);
