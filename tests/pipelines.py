@@ -3,6 +3,7 @@ screenshot (scripts/ui_screenshot.py): traced with the real ``langsmith`` SDK.""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -21,16 +22,40 @@ def retrieve(question: str) -> list[dict]:
 
 
 @traceable(run_type="prompt", name="format_prompt")
-def format_prompt(question: str, docs: list[dict]) -> str:
-    return "Answer from the documents.\n" + "\n".join(d["text"] for d in docs) + f"\nQ: {question}"
+def format_prompt(question: str, docs: list[dict]) -> list[dict]:
+    """OpenAI chat messages: the retrieval shown as a tool call and its result (the viewer's chat)."""
+    return [
+        {"role": "system", "content": "Answer from the documents. Cite them as [n]."},
+        {"role": "user", "content": question},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "retrieve_docs", "arguments": json.dumps({"question": question})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "\n".join(d["text"] for d in docs)},
+    ]
 
 
 @traceable(
     run_type="llm", name="chat_model", metadata={"ls_model_name": "tiny-test-model", "temperature": 0.2}
 )
-def chat_model(prompt: str) -> dict:
+def chat_model(messages: list[dict]) -> dict:
     time.sleep(0.05)
-    return {"choices": [{"message": {"role": "assistant", "content": "Tornado serves it; ijson splits it."}}]}
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Tornado serves it; ijson splits it. [1][2]"},
+                "finish_reason": "stop",
+            }
+        ]
+    }
 
 
 @traceable(run_type="tool", name="check_citations")

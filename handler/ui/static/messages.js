@@ -46,6 +46,15 @@ const ChatMessages = (() => {
     return out;
   }
 
+  // Lists that flattened attributes rebuilt as objects keyed "0", "1", ... (OpenInference over OTLP).
+  function indexed(v) {
+    if (Array.isArray(v)) return v;
+    if (!isObject(v)) return null;
+    const keys = Object.keys(v);
+    if (!keys.every((k) => /^[0-9]+$/.test(k))) return null;
+    return keys.sort((a, b) => a - b).map((k) => v[k]);
+  }
+
   function toolCall(c) {
     if (!isObject(c)) return null;
     if (isObject(c.tool_call)) c = c.tool_call; // OpenInference
@@ -113,11 +122,16 @@ const ChatMessages = (() => {
     const name = role(body.role) || role(kind === "chat" ? body.role : kind) || role(typeof body.type === "string" ? body.type : null);
     if (!name) return null;
     const calls = [];
-    const raw = "content" in body ? body.content : "parts" in body ? body.parts : undefined;
+    let raw = "content" in body ? body.content : "parts" in body ? body.parts : undefined;
+    if (raw === undefined && "contents" in body) { // OpenInference: contents.N.message_content
+      raw = indexed(body.contents);
+      if (raw === null) return null;
+      raw = raw.map((c) => (isObject(c) && isObject(c.message_content) ? c.message_content : c));
+    }
     const parts = content(raw, calls);
     if (parts === null) return null;
-    const extra = body.tool_calls || (isObject(body.additional_kwargs) && body.additional_kwargs.tool_calls) || [];
-    if (!Array.isArray(extra)) return null;
+    const extra = indexed(body.tool_calls || (isObject(body.additional_kwargs) && body.additional_kwargs.tool_calls) || []);
+    if (!extra) return null;
     for (const c of extra) {
       const call = toolCall(c);
       if (!call) return null;
@@ -164,6 +178,7 @@ const ChatMessages = (() => {
     }
     if (Array.isArray(value)) return list(value);
     if (!isObject(value)) return null;
+    if (indexed(value) && Object.keys(value).length) return list(indexed(value));
     if (Array.isArray(value.choices)) return list(value.choices);
     if (value.generations) return generations(value);
     const single = message(value);
