@@ -97,15 +97,20 @@ def trace_pipeline(api_url: str, api_key: str | None, project: str, big: bool = 
 
 
 def wait_for_runs(
-    api_url: str, api_key: str | None, trace_id: uuid.UUID, count: int, seconds: float = 15
+    api_url: str,
+    api_key: str | None,
+    trace_id: uuid.UUID,
+    count: int,
+    seconds: float = 15,
+    ended: bool = True,
 ) -> None:
     """Until the trace's ``count`` runs are committed and ended (the SDK's last request may still be
-    committing when flush() returns)."""
+    committing when flush() returns); ``ended=False``: committed only."""
     client = Client(api_url=api_url, api_key=api_key or "unused")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         runs = list(client.list_runs(trace_id=trace_id, select=["id", "end_time"]))
-        if len(runs) >= count and all(r.end_time for r in runs):
+        if len(runs) >= count and (not ended or all(r.end_time for r in runs)):
             return
         time.sleep(0.2)
     raise TimeoutError(f"trace {trace_id} did not get its {count} runs")
