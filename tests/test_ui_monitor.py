@@ -285,12 +285,13 @@ def test_tokens_and_feedback_light_up(settings, seeded):
             cur.execute(*monitor.features_sql())
             features = monitor.features_of(cur.fetchone())
             assert features == monitor.Features(True, frozenset({"tokens"}))
-            runs_sql, feedback_sql = monitor.statements(features)
+            sql = monitor.statements(features)
             params = {**monitor.window(1, datetime.now(UTC)), "tenant": "viewer", "session": session}
-            cur.execute(runs_sql, params)
-            rows = cur.fetchall()
-            cur.execute(feedback_sql, params)
-            answer = monitor.series(features, params, rows, cur.fetchall())
+            rows = []
+            for statement in sql:
+                cur.execute(statement, params)
+                rows.append(cur.fetchall())
+            answer = monitor.series(features, params, *rows)
     finally:
         conn.rollback()
         conn.close()

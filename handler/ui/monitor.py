@@ -2,16 +2,17 @@
 interval, the error rate and the latency p50/p99 of root runs; tokens and feedback averages once
 their columns and table exist.
 
-All of the monitor's SQL is here. One statement reads the project's window through the
-``(tenant, session_id, start_time)`` index; the optional series are switched on by what the
-database has (``features``), so this code runs unchanged before and after the token columns (the
-query issue's migration) and the feedback table (the feedback issue's) are there. To add a series,
-add its column to ``OPTIONAL_COLUMNS`` (or a statement like ``_FEEDBACK``) and to ``monitor``'s
-answer; the page draws every series the answer has.
+All of the monitor's SQL is here: counts (hashed, no sort) and latency percentiles (a sort of
+the ended root runs only) over the project's window, run at once on two pooled connections. The
+optional series are switched on by what the database has (``features``), so this code runs
+unchanged before and after the token columns (the query issue's migration) and the feedback
+table (the feedback issue's) are there. To add a series, add its column to ``OPTIONAL_COLUMNS``
+(or a statement like ``_FEEDBACK``) and a chart to static/monitor.js.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -23,23 +24,32 @@ _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # date_bin's origin: intervals start
 
 _ROOT = "parent_run_id IS NULL"
 _LATENCY_MS = "extract(epoch FROM end_time - start_time) * 1000"
-_ENDED_ROOT = "parent_run_id IS NULL AND end_time IS NOT NULL"
 # name -> (the column that must exist on runs, the aggregate): series that light up when it does.
 OPTIONAL_COLUMNS = {
     "tokens": ("total_tokens", "sum(total_tokens)"),
 }
-_RUNS = (
+# Counts need no order: hashed, one pass over the project's window; their totals are sums.
+_COUNTS = (
     "SELECT date_bin(%(step)s, coalesce(start_time, '-infinity'), %(origin)s) AS bucket,"
     " count(*) FILTER (WHERE {root}) AS traces,"
     " count(*) AS runs,"
-    " count(*) FILTER (WHERE {root} AND status = 'error') AS errors,"
-    " percentile_cont(0.5) WITHIN GROUP (ORDER BY {latency}) FILTER (WHERE {ended}) AS p50,"
-    " percentile_cont(0.99) WITHIN GROUP (ORDER BY {latency}) FILTER (WHERE {ended}) AS p99"
+    " count(*) FILTER (WHERE {root} AND status = 'error') AS errors"
     "{optional}"
-    " FROM runs"
-    " WHERE tenant = %(tenant)s AND session_id = %(session)s AND posted"
+    " FROM runs WHERE {window}"
+    " GROUP BY 1"
+)
+# Percentiles sort, so only the ended root runs (a fifth of the rows or fewer) are sorted; the
+# window's own percentiles (bucket NULL) come from the same scan (the empty grouping set).
+_LATENCY = (
+    "SELECT date_bin(%(step)s, coalesce(start_time, '-infinity'), %(origin)s) AS bucket,"
+    " percentile_cont(0.5) WITHIN GROUP (ORDER BY {latency}) AS p50,"
+    " percentile_cont(0.99) WITHIN GROUP (ORDER BY {latency}) AS p99"
+    " FROM runs WHERE {window} AND {root} AND end_time IS NOT NULL"
+    " GROUP BY GROUPING SETS ((1), ())"
+)
+_WINDOW = (
+    "tenant = %(tenant)s AND session_id = %(session)s AND posted"
     " AND coalesce(start_time, '-infinity') >= %(since)s AND coalesce(start_time, '-infinity') < %(until)s"
-    " GROUP BY GROUPING SETS ((1), ()) ORDER BY 1"  # (): the window's totals, bucket NULL, same scan
 )
 # Feedback on the project's runs, by when it was given (the feedback table of migration 0006).
 _FEEDBACK = (
@@ -72,12 +82,19 @@ def features_of(row: tuple) -> Features:
     return Features(has_feedback, frozenset(n for n, (c, _) in OPTIONAL_COLUMNS.items() if c in columns))
 
 
-def statements(features: Features) -> tuple[str, str | None]:
-    """The runs statement with the optional series the database can answer, and the feedback
-    statement (None without the table)."""
+class Statements(NamedTuple):
+    counts: str
+    latency: str
+    feedback: str | None  # None: no feedback table
+
+
+def statements(features: Features) -> Statements:
+    """The statements for what the database can answer: the counts with the optional series, the
+    latency percentiles, and the feedback averages (None without the table)."""
     optional = "".join(f", {OPTIONAL_COLUMNS[n][1]} AS {n}" for n in sorted(features.columns))
-    runs = _RUNS.format(root=_ROOT, ended=_ENDED_ROOT, latency=_LATENCY_MS, optional=optional)
-    return runs, (_FEEDBACK if features.feedback else None)
+    counts = _COUNTS.format(root=_ROOT, window=_WINDOW, optional=optional)
+    latency = _LATENCY.format(root=_ROOT, window=_WINDOW, latency=_LATENCY_MS)
+    return Statements(counts, latency, _FEEDBACK if features.feedback else None)
 
 
 def window(days: int, now: datetime) -> dict:
@@ -89,21 +106,22 @@ def window(days: int, now: datetime) -> dict:
     return {"step": step, "origin": _ORIGIN, "since": since, "until": until}
 
 
-def series(features: Features, params: dict, rows: list[tuple], feedback_rows: list[tuple]) -> dict:
+def series(
+    features: Features, params: dict, counts: list[tuple], latency: list[tuple], feedback: list[tuple]
+) -> dict:
     """The answer: one point per interval (empty intervals as zeros / nulls), and the totals."""
     step = params["step"]
     count = round((params["until"] - params["since"]) / step)
-    names = ["traces", "runs", "errors", "p50", "p99", *sorted(features.columns)]
-    found = {row[0]: dict(zip(names, row[1:], strict=True)) for row in rows}
+    names = ["traces", "runs", "errors", *sorted(features.columns)]
+    found = {row[0]: dict(zip(names, row[1:], strict=True)) for row in counts}
+    found[None] = {name: sum(row[i] or 0 for row in counts) for i, name in enumerate(names, 1)}
+    for bucket, p50, p99 in latency:
+        found.setdefault(bucket, {}).update(p50=p50, p99=p99)
 
     def point(values: dict) -> dict:
-        out = {}
-        for name in names:
-            value = values.get(name)
-            if name in ("p50", "p99"):
-                out[name] = None if value is None else round(float(value), 1)
-            else:
-                out[name] = int(value or 0)
+        out = {name: int(values.get(name) or 0) for name in names}
+        for name in ("p50", "p99"):
+            out[name] = None if values.get(name) is None else round(float(values[name]), 1)
         out["error_rate"] = round(out["errors"] / out["traces"], 4) if out["traces"] else None
         return out
 
@@ -113,15 +131,15 @@ def series(features: Features, params: dict, rows: list[tuple], feedback_rows: l
         "step_seconds": int(step.total_seconds()),
         "since": params["since"].isoformat(),
         "until": params["until"].isoformat(),
-        "series": names + ["error_rate"],
+        "series": [*names[:3], "error_rate", "p50", "p99", *names[3:]],
         "points": points,
         "totals": point(found.get(None, {})),
         "feedback": None,
     }
     if features.feedback:
         keys: dict[str, list] = {}
-        index = {params["since"] + i * step: i for i in range(count)}
-        for bucket, key, avg, n in feedback_rows:
+        index = {start: i for i, start in enumerate(starts)}
+        for bucket, key, avg, n in feedback:
             slot = keys.setdefault(key, [None] * count)
             at = index.get(bucket)
             if at is not None:
@@ -131,10 +149,14 @@ def series(features: Features, params: dict, rows: list[tuple], feedback_rows: l
 
 
 async def monitor(db: Database, tenant: str, session: str, days: int, now: datetime | None = None) -> dict:
-    """The monitor's numbers for one project (``session``) of ``tenant`` over the last ``days``."""
+    """The monitor's numbers for one project (``session``) of ``tenant`` over the last ``days``;
+    the statements run at once, each on its own pooled connection."""
     features = features_of((await db.fetch(*features_sql()))[0])
-    runs_sql, feedback_sql = statements(features)
+    sql = statements(features)
     params = {**window(days, now or datetime.now(UTC)), "tenant": tenant, "session": session}
-    rows = await db.fetch(runs_sql, params)
-    feedback_rows = await db.fetch(feedback_sql, params) if feedback_sql else []
-    return series(features, params, rows, feedback_rows)
+    counts, latency, feedback = await asyncio.gather(
+        db.fetch(sql.counts, params),
+        db.fetch(sql.latency, params),
+        db.fetch(sql.feedback, params) if sql.feedback else asyncio.sleep(0, []),
+    )
+    return series(features, params, counts, latency, feedback)
