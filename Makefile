@@ -121,6 +121,7 @@ benchmark: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.put_cpu | tee .benchmarks/put_cpu.txt
 	$(BIN)/python -m benchmarks.splitter_cpu | tee .benchmarks/splitter_cpu.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.segment_sizes | tee .benchmarks/segment_sizes.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.monitor_query | tee .benchmarks/monitor_query.txt
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup
@@ -149,10 +150,11 @@ scaling: install nginx-test-setup
 	@mkdir -p .benchmarks
 	$(TEST_ENV) $(BIN)/python -m benchmarks.scaling $(SCALING_ARGS) | tee .benchmarks/scaling.txt
 
-# The README's screenshot of a trace page, from a real traced pipeline (docs/trace-page.png).
+# The README's screenshots of the viewer, from a real traced pipeline (docs/trace-page.png,
+# docs/chat-view.png, docs/monitor.png).
 ui-screenshot: install ui-test-setup
 	@$(TEST_ENV) scripts/services.sh up
-	$(TEST_ENV) $(BIN)/python scripts/ui_screenshot.py docs/trace-page.png
+	$(TEST_ENV) $(BIN)/python scripts/ui_screenshot.py docs
 
 lint: install
 	$(BIN)/ruff check handler tests benchmarks

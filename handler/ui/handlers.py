@@ -1,12 +1,12 @@
 """The trace viewer, ``/ui``: a project's recent traces, a trace as a waterfall (LLM runs' messages
 as a chat), and a project's monitor (charts over 1, 7 or 30 days, ui/monitor.py).
 
-Tornado templates (``handler/templates``) and plain JavaScript and CSS (``handler/static``), all
-served from the package: nothing from a CDN, no build step, no inline script (the pages carry a
+Tornado templates (``ui/templates``) and plain JavaScript and CSS (``ui/static``), all served
+from the package: nothing from a CDN, no build step, no inline script (the pages carry a
 ``script-src 'self'`` Content-Security-Policy). The pages load without a key; their data calls
-(``/sessions``, ``/runs/query``, ``/runs/{id}`` and ``/ui/api/traces``) send ``x-api-key`` from
-the tab's sessionStorage, asked for once when the server answers 401. URLs are relative, so the
-viewer also works behind a proxy that mounts the service under a path prefix.
+(``/sessions``, ``/runs/query``, ``/runs/{id}``, ``/ui/api/traces``, ``/ui/api/monitor``) send
+``x-api-key`` from the tab's sessionStorage, asked for once when the server answers 401. URLs are
+relative, so the viewer also works behind a proxy that mounts the service under a path prefix.
 """
 
 from __future__ import annotations
