@@ -91,6 +91,7 @@ def main(out_dir: str) -> None:
             rows[STEPS.index("check_citations")].click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-body .field-error"))
             browser.save_screenshot(str(out / "trace-page.png"))
+            browser.set_window_size(1400, 1060)  # the whole conversation, reply included
             rows[STEPS.index("chat_model")].click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-body .field-outputs .chat"))
             browser.save_screenshot(str(out / "chat-view.png"))
