@@ -18,6 +18,7 @@ from langsmith.run_trees import RunTree
 
 from handler.read.sessions import session_id_for
 from handler.ui import monitor
+from handler.ui.handlers import traces_statement
 from tests.pipelines import wait_for_runs
 from tests.test_ui import KEY, WAIT_S, browser, viewer_server  # noqa: F401 (fixtures)
 
@@ -257,7 +258,8 @@ def test_filter_links_round_trip(browser, seeded):  # noqa: F811
 
 def test_tokens_and_feedback_light_up(settings, seeded):
     """With the token column and the feedback table (as migrations 0007 and 0006 will add them),
-    the same code adds their series; made in a transaction that is rolled back."""
+    the same code adds their series to the monitor and their columns to the trace list; made in a
+    transaction that is rolled back."""
     _, _, session, hour = seeded
     s = settings
     conn = psycopg2.connect(
@@ -268,8 +270,8 @@ def test_tokens_and_feedback_light_up(settings, seeded):
             cur.execute("SET LOCAL lock_timeout = '5s'")
             cur.execute("ALTER TABLE runs ADD COLUMN total_tokens bigint")
             cur.execute(
-                "CREATE TABLE feedback (tenant text, id uuid, run_id uuid, key text, score double precision,"
-                " created_at timestamptz)"
+                "CREATE TABLE feedback (tenant text, id uuid, run_id uuid, trace_id uuid, key text,"
+                " score double precision, created_at timestamptz)"
             )
             cur.execute(
                 "UPDATE runs SET total_tokens = 10"
@@ -277,7 +279,7 @@ def test_tokens_and_feedback_light_up(settings, seeded):
                 (session,),
             )
             cur.execute(
-                "INSERT INTO feedback SELECT tenant, gen_random_uuid(), id, 'correct',"
+                "INSERT INTO feedback SELECT tenant, gen_random_uuid(), id, trace_id, 'correct',"
                 " 1.0 - (status = 'error')::int, start_time FROM runs"
                 " WHERE tenant = 'viewer' AND session_id = %s AND parent_run_id IS NULL",
                 (session,),
@@ -292,6 +294,11 @@ def test_tokens_and_feedback_light_up(settings, seeded):
                 cur.execute(statement, params)
                 rows.append(cur.fetchall())
             answer = monitor.series(features, params, *rows)
+            # The trace list's statement, as the API builds it for this database.
+            where = ["r.tenant = %s", "r.posted", "r.session_id = %s", "r.parent_run_id IS NULL"]
+            sql, columns = traces_statement(where, features)
+            cur.execute(sql, ("viewer", session, 100))
+            listed = [(row[5], row[-2:]) for row in cur.fetchall()]
     finally:
         conn.rollback()
         conn.close()
@@ -306,3 +313,7 @@ def test_tokens_and_feedback_light_up(settings, seeded):
     for start, w in want.items():
         assert slots[start]["avg"] == pytest.approx(1 - w["errors"] / w["traces"], abs=1e-4)
     json.dumps(answer)  # the answer is JSON as it is
+    assert columns == ["tokens", "feedback"] and len(listed) == len(TRACES)
+    for status, (tokens, feedback) in listed:
+        assert tokens == 10  # the root's; its children have none
+        assert feedback == {"correct": 0.0 if status == "error" else 1.0}

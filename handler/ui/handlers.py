@@ -22,7 +22,7 @@ from handler.base.handlers import JSONHandler
 from handler.read.query import after_cursor, encode_cursor
 from handler.runs.schema import UUID_TEXT
 from handler.store.objects import Location
-from handler.ui.monitor import monitor
+from handler.ui.monitor import Features, detect, monitor, trace_columns
 from handler.ui.preview import previews
 
 _PACKAGE = Path(str(importlib.resources.files(__package__)))
@@ -33,10 +33,20 @@ _POLICY = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'sel
 _TRACES = (
     "SELECT r.id, r.trace_id, r.name, r.start_time, r.end_time, r.status, r.error,"
     " (SELECT count(*) FROM runs c WHERE c.tenant = r.tenant AND c.trace_id = r.trace_id AND c.posted),"
-    " extract(epoch FROM r.end_time - r.start_time) * 1000, r.object_key, r.object_offset, r.size_bytes"
+    " extract(epoch FROM r.end_time - r.start_time) * 1000,"
+    " r.object_key, r.object_offset, r.size_bytes{extra}"
     " FROM runs r WHERE {where} ORDER BY coalesce(r.start_time, '-infinity') DESC, r.id DESC LIMIT %s"
 )
 _NAMES = ("id", "trace_id", "name", "start_time", "end_time", "status", "error", "run_count", "latency_ms")
+_STORED = slice(9, 12)  # object_key, object_offset, size_bytes: where the root's input is read from
+
+
+def traces_statement(where: list[str], features: Features) -> tuple[str, list[str]]:
+    """The trace list's statement, with the optional columns (tokens, feedback) the database has,
+    and those columns' names."""
+    extra = trace_columns(features)
+    sql = _TRACES.format(where=" AND ".join(where), extra="".join(f", {expr}" for _, expr in extra))
+    return sql, [name for name, _ in extra]
 
 
 class PageHandler(tornado.web.RequestHandler):
@@ -55,7 +65,8 @@ class PageHandler(tornado.web.RequestHandler):
 
 class TracesApiHandler(JSONHandler):
     """GET /ui/api/traces?session=&status=&name=&cursor=: a project's root runs, newest first,
-    each with the number of runs in its trace."""
+    each with the number of runs in its trace, its latency and the first line of its input (and
+    its tokens and feedback averages, named in ``columns``, once the database has them)."""
 
     async def get(self) -> None:
         tenant = self.authenticate()
@@ -63,7 +74,8 @@ class TracesApiHandler(JSONHandler):
             return
         try:
             where, params = self.filters(tenant)
-            rows = await self.db.fetch(_TRACES.format(where=" AND ".join(where)), (*params, MAX_TRACES + 1))
+            sql, optional = traces_statement(where, await detect(self.db))
+            rows = await self.db.fetch(sql, (*params, MAX_TRACES + 1))
         except RunError as e:
             return self.fail(e)
         page = rows[:MAX_TRACES]
@@ -76,11 +88,14 @@ class TracesApiHandler(JSONHandler):
             }
             for row in page
         ]
-        texts = await previews(self.store, [(Location(r[9], r[10]), r[11]) for r in page])
-        for trace, text in zip(traces, texts, strict=True):
+        texts = await previews(self.store, [(Location(*r[_STORED][:2]), r[_STORED][2]) for r in page])
+        for trace, text, row in zip(traces, texts, page, strict=True):
             trace["input"] = text
+            for name, value in zip(optional, row[_STORED.stop :], strict=True):
+                trace[name] = int(value) if name == "tokens" and value is not None else value
         last = page[-1] if len(rows) > len(page) else None
-        self.finish({"traces": traces, "next_cursor": encode_cursor(last[3], last[0]) if last else None})
+        next_cursor = encode_cursor(last[3], last[0]) if last else None
+        self.finish({"traces": traces, "columns": optional, "next_cursor": next_cursor})
 
     def filters(self, tenant: str) -> tuple[list[str], list]:
         session = self.get_query_argument("session", "")

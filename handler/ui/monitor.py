@@ -59,6 +59,18 @@ _FEEDBACK = (
     " AND f.created_at >= %(since)s AND f.created_at < %(until)s"
     " GROUP BY 1, 2 ORDER BY 1, 2"
 )
+# The trace list's columns that light up with the same features (r is the root run): the tokens
+# of all the trace's runs, and the trace's feedback averages per key (feedback naming the trace,
+# or given on the root run).
+_TRACE_TOKENS = (
+    "(SELECT sum(c.total_tokens) FROM runs c"
+    " WHERE c.tenant = r.tenant AND c.trace_id = r.trace_id AND c.posted)"
+)
+_TRACE_FEEDBACK = (
+    "(SELECT json_object_agg(s.key, s.avg) FROM (SELECT f.key, round(avg(f.score)::numeric, 4) AS avg"
+    " FROM feedback f WHERE f.tenant = r.tenant AND (f.trace_id = r.trace_id OR f.run_id = r.id)"
+    " GROUP BY f.key) AS s)"
+)
 _FEATURES = (
     "SELECT to_regclass('feedback') IS NOT NULL,"
     " ARRAY(SELECT column_name::text FROM information_schema.columns"
@@ -80,6 +92,17 @@ def features_sql() -> tuple[str, tuple]:
 def features_of(row: tuple) -> Features:
     has_feedback, columns = row
     return Features(has_feedback, frozenset(n for n, (c, _) in OPTIONAL_COLUMNS.items() if c in columns))
+
+
+async def detect(db: Database) -> Features:
+    """What the database has now (a cheap catalogue query: a migration may land while we run)."""
+    return features_of((await db.fetch(*features_sql()))[0])
+
+
+def trace_columns(features: Features) -> list[tuple[str, str]]:
+    """(name, SQL expression) of the trace list's optional columns this database can answer."""
+    columns = [("tokens", _TRACE_TOKENS)] if "tokens" in features.columns else []
+    return columns + ([("feedback", _TRACE_FEEDBACK)] if features.feedback else [])
 
 
 class Statements(NamedTuple):
@@ -151,7 +174,7 @@ def series(
 async def monitor(db: Database, tenant: str, session: str, days: int, now: datetime | None = None) -> dict:
     """The monitor's numbers for one project (``session``) of ``tenant`` over the last ``days``;
     the statements run at once, each on its own pooled connection."""
-    features = features_of((await db.fetch(*features_sql()))[0])
+    features = await detect(db)
     sql = statements(features)
     params = {**window(days, now or datetime.now(UTC)), "tenant": tenant, "session": session}
     counts, latency, feedback = await asyncio.gather(

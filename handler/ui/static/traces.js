@@ -46,20 +46,31 @@
     remember(cursor);
     const page = await api("ui/api/traces?" + query);
     next = page.next_cursor;
-    body.replaceChildren(...page.traces.map(row));
+    // Tokens and feedback: columns the server sends once it stores them.
+    const columns = page.columns || [];
+    for (const th of document.querySelectorAll("#traces th[data-column]")) th.hidden = !columns.includes(th.dataset.column);
+    body.replaceChildren(...page.traces.map((trace) => row(trace, columns)));
     message(page.traces.length ? "" : "No traces match.");
     newer.disabled = cursors.length < 2;
     older.disabled = !next;
   }
 
-  function row(trace) {
+  function optional(trace, name) {
+    const value = trace[name];
+    if (value === null || value === undefined) return el("td", { class: name });
+    if (name === "feedback") return el("td", { class: name, text: Object.entries(value).map(([k, v]) => k + " " + v).join(", ") });
+    return el("td", { class: name + " count", text: Number(value).toLocaleString() });
+  }
+
+  function row(trace, columns) {
     const link = el("a", { href: "ui/trace/" + trace.trace_id + "?project=" + picker.value, text: trace.name });
     const state = el("span", { class: "status status-" + trace.status, text: trace.status });
     const tr = el("tr", { "data-trace-id": trace.trace_id },
       el("td", {}, link), el("td", { text: when(trace.start_time) }),
       el("td", { class: "latency", "data-ms": trace.latency_ms === null ? "" : String(trace.latency_ms), text: duration(trace.start_time, trace.end_time) }),
       el("td", {}, state), el("td", { class: "count", text: String(trace.run_count) }),
-      el("td", { class: "input-preview", title: trace.input || "", text: trace.input || "" }));
+      el("td", { class: "input-preview", title: trace.input || "", text: trace.input || "" }),
+      ...columns.map((name) => optional(trace, name)));
     if (trace.error) tr.title = trace.error;
     return tr;
   }
