@@ -3,9 +3,9 @@
     python -m benchmarks.report
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
-``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``memory.txt``,
-``concurrency.txt`` and ``scaling.txt`` written by ``make benchmark``, ``make memprofile``,
-``make concurrency`` and ``make scaling``.
+``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``monitor_query.txt``,
+``memory.txt``, ``concurrency.txt`` and ``scaling.txt`` written by ``make benchmark``,
+``make memprofile``, ``make concurrency`` and ``make scaling``.
 """
 
 from __future__ import annotations
@@ -327,6 +327,17 @@ the peak by 1759 MB (about 220 MB a request), and 60 would exhaust 24 GiB.
 
 ```
 {optional(SAVES / "concurrency.txt")}
+```
+
+## The monitor's query (`make benchmark`)
+
+`benchmarks/monitor_query.py` generates 1M runs of one project in the last 22 hours (one root in
+five, 5 % of roots failed) in PostgreSQL, and times `handler/ui/monitor.py`'s `monitor()` (its
+statements at once on the service's pool) for the 1, 7 and 30 day windows, which all hold every
+run. `.benchmarks/monitor_query.txt` also has the plans.
+
+```
+{optional(SAVES / "monitor_query.txt").split("plan of the")[0].strip()}
 ```
 
 ## Scaling (`make scaling`)
