@@ -5,6 +5,7 @@ from __future__ import annotations
 import tornado.web
 
 from handler.base.handlers import NotFoundHandler
+from handler.query import extract
 from handler.read import projects, query
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
@@ -24,6 +25,7 @@ def make_app(
     budget: Budget | None = None,
 ) -> tornado.web.Application:
     """The routes; ``budget`` is the memory all ingesting requests share (one per process)."""
+    extract.configure(settings.search_text_chars)
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     budget = budget or Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
     ingest_deps = {**deps, "in_flight": in_flight or InFlight(), "budget": budget}
