@@ -218,7 +218,7 @@ def run_json(row: Sequence, columns: Sequence[str]) -> dict:
 
 def json_value(value: object) -> object:
     """A column's value as the SDK reads it: times in ISO 8601, ids as text, numbers as numbers."""
-    if value is None or isinstance(value, int | str):
+    if value is None or isinstance(value, int | str | list | dict):
         return value
     if isinstance(value, datetime):
         return value.isoformat()

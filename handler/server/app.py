@@ -6,6 +6,7 @@ import tornado.web
 
 from handler.base.handlers import NotFoundHandler
 from handler.query import extract
+from handler.query import handlers as query_v2
 from handler.read import projects, query
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
@@ -32,6 +33,7 @@ def make_app(
     return tornado.web.Application(
         [
             *query.routes(deps),
+            *query_v2.routes(deps),
             *projects.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),
