@@ -14,6 +14,7 @@ import tornado.httpserver
 
 from handler.maintenance.compact import compact
 from handler.maintenance.gc import collect_garbage
+from handler.query.backfill import backfill
 from handler.runs.budget import Budget
 from handler.runs.ingest_handler import InFlight
 from handler.server.app import make_app
@@ -119,6 +120,9 @@ def main() -> None:
         "--min-live", type=float, default=0.5, help="rewrite segments whose live share is below this"
     )
     packer.add_argument("--dry-run", action="store_true", help="report live and dead bytes only")
+    commands.add_parser(
+        "backfill-query", help="fill the filter columns (tags, metadata, tokens) of runs stored before them"
+    )
     hasher = commands.add_parser("hash-key", help="print the SHA-256 of an API key (read from stdin)")
     hasher.add_argument("key", nargs="?", help="the key; read from stdin when absent")
     args = parser.parse_args()
@@ -142,6 +146,9 @@ def main() -> None:
         scanned, removed = asyncio.run(collect_garbage(settings, args.grace_seconds, args.dry_run))
         verb = "would delete" if args.dry_run else "deleted"
         log.info("gc: %d objects scanned, %s %d without a run or unfinished", scanned, verb, removed)
+    elif args.command == "backfill-query":
+        filled, failed = asyncio.run(backfill(settings))
+        log.info("backfill-query: %d runs filled, %d could not be read (see above)", filled, failed)
     elif args.command == "compact":
         try:
             r = asyncio.run(compact(settings, args.grace_seconds, args.min_live, args.dry_run))

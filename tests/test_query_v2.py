@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +22,7 @@ from langsmith._exceptions import APIStatusError, BadRequestError, NotFoundError
 
 from handler.read.sessions import session_id_for
 from handler.server.auth import hash_key
+from handler.server.config import REPO_ROOT
 from tests.server import start_server
 from tests.test_query_api import _run, post_runs
 
@@ -182,3 +186,57 @@ def test_sdk_sees_the_400(project):
             await runs.retrieve("not-a-uuid", project_id=project_id)
 
     run_with_client(server, test)
+
+
+def test_backfill_fills_runs_stored_before_the_columns(server, db):
+    """Rows as 0007 leaves older runs (defaults, query_fields NULL) get their columns from the runs'
+    bytes: the filters find them again."""
+    name = f"backfill-{uuid.uuid4().hex[:8]}"
+    trace = uuid.uuid4()
+    post_runs(
+        server,
+        [
+            _run(
+                "old-root", trace, 0, 1, name, id=trace, tags=["legacy"], extra={"metadata": {"team": "red"}}
+            ),
+            _run(
+                "old-llm",
+                trace,
+                0.5,
+                0.2,
+                name,
+                parent_run_id=str(trace),
+                outputs={"usage_metadata": {"total_tokens": 42}},
+            ),
+        ],
+    )
+    project_id = str(session_id_for("querier", name))
+    filters = {'has(tags, "legacy")': 1, "eq(total_tokens, 42)": 1, 'eq(metadata_value, "red")': 1}
+
+    def found() -> dict:
+        answer = {}
+        for text in filters:
+            body = json.dumps({"session": [project_id], "filter": text}).encode()
+            response = server.client.post(body, "/runs/query", headers={"x-api-key": KEY})
+            answer[text] = len(json.loads(response.body)["runs"])
+        return answer
+
+    assert found() == filters
+    with db.cursor() as cur:
+        cur.execute(
+            "UPDATE runs SET tags = DEFAULT, metadata = DEFAULT, prompt_tokens = NULL, completion_tokens = NULL,"
+            " total_tokens = NULL, search_text = NULL, query_fields = NULL WHERE session_id = %s",
+            (project_id,),
+        )
+        assert cur.rowcount == 2
+    assert found() == dict.fromkeys(filters, 0)
+    done = subprocess.run(
+        [sys.executable, "-m", "handler", "backfill-query"],
+        cwd=REPO_ROOT, env={**os.environ, "RUN_HANDLER_ENV": "test"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "backfill-query:" in done.stderr
+    assert found() == filters
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE query_fields IS NULL")
+        assert cur.fetchone() == (0,)
