@@ -38,7 +38,13 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("query"), "query-api", API_KEYS=f"querier:{hash_key(KEY)}")
+    # Inputs' and outputs' text is searchable only when SEARCH_TEXT_CHARS asks for it (README).
+    srv = start_server(
+        tmp_path_factory.mktemp("query"),
+        "query-api",
+        API_KEYS=f"querier:{hash_key(KEY)}",
+        SEARCH_TEXT_CHARS="1000",
+    )
     yield srv
     srv.stop()
     assert srv.process.returncode == 0, open(srv.log_path).read()[-3000:]
@@ -383,7 +389,7 @@ def python_row(run: dict) -> dict:
         "total_tokens": total,
         "tags": tags,
         "metadata": values,
-        "search_text": "\n".join([run["name"], run.get("error") or "", *tags, *values.values(), *texts]),
+        "search_text": "\n".join([*tags, *values.values(), *texts]) or None,
     }
 
 

@@ -28,7 +28,7 @@ ROW = {
     "completion_tokens": 1000,
     "tags": ["prod", "beta"],
     "metadata": {"user_id": "u-42", "env": "prod"},
-    "search_text": "ChatOpenAI\nTimeoutError: took too long\nprod\nhello world",
+    "search_text": "prod\nhello world",
 }
 
 

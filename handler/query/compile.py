@@ -309,7 +309,8 @@ class SQL:
         )
 
     def _search(self, node: Node, r: str) -> str:
-        return f"(strpos(lower(coalesce({r}.search_text, '')), lower({self._p(node.value)})) > 0)"
+        text = f"concat_ws(E'\\n', {r}.name, {r}.error, {r}.search_text)"
+        return f"(strpos(lower({text}), lower({self._p(node.value)})) > 0)"
 
 
 def where(tree: Node, alias: str = "r") -> tuple[str, list]:

@@ -78,8 +78,9 @@ def evaluate(node: Node, row: dict) -> bool:
     if op == "not":
         return not evaluate(node.children[0], row)
     if op == "search":
-        texts = [row.get("search_text") or ""]
-        return node.value.lower() in "".join(texts).lower()
+        parts = (row.get("name"), row.get("error"), row.get("search_text"))
+        text = "\n".join(p for p in parts if p is not None)  # as concat_ws
+        return node.value.lower() in text.lower()
     if op == "tags_has":
         return node.value in row["tags"]
     if op == "tags_any":

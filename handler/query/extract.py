@@ -20,8 +20,8 @@ import json
 from decimal import Decimal
 
 QUERY_FIELDS_VERSION = 1  # runs.query_fields of a row these rules filled
-TAPPED = frozenset({"tags", "extra", "outputs", "inputs"})
-SEARCH_TEXT_CHARS = 1000  # of inputs' and outputs' strings; set from Settings (configure)
+TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS > 0
+SEARCH_TEXT_CHARS = 0  # of inputs' and of outputs' strings (0: none); set from Settings (configure)
 MAX_TAGS = 100
 MAX_TAG_CHARS = 256
 MAX_METADATA_KEYS = 100
@@ -73,8 +73,10 @@ PATHS = {
 
 
 def configure(search_text_chars: int) -> None:
-    global SEARCH_TEXT_CHARS
+    """SEARCH_TEXT_CHARS from Settings; 0 leaves inputs untapped."""
+    global SEARCH_TEXT_CHARS, TAPPED
     SEARCH_TEXT_CHARS = search_text_chars
+    TAPPED = frozenset({"tags", "extra", "outputs", *(("inputs",) if search_text_chars else ())})
 
 
 class Tap:
@@ -84,6 +86,7 @@ class Tap:
         "tags",
         "metadata",
         "usage",
+        "first",
         "texts",
         "text_left",
         "field",
@@ -94,20 +97,15 @@ class Tap:
     )
 
     def __init__(self) -> None:
+        # Kept small: most runs have a Tap (for outputs) and most Taps find nothing.
         self.tags: list[str] = []
         self.metadata: dict[str, str] = {}
-        self.usage: list[dict] = [{}, {}, {}, {}]  # per source, in order of precedence
+        self.usage: list[dict] | None = None  # per source, in order of precedence, once one is found
         self.texts: list[str] = []
-        self.text_left = SEARCH_TEXT_CHARS
-        self.field = ""
-        self.keys: list = []
-        self.nodes: list = []
-        self.trie: tuple[int, int] = _OFF
-        self.text_on = False
 
     def start(self, field: str) -> tuple[int, int]:
         """A tapped field's value begins (an object or array at depth 3): the limits for it."""
-        self.field = field
+        self.field, self.first = field, PATHS[field]
         self.keys, self.nodes = [], []
         self.text_left = SEARCH_TEXT_CHARS  # for each of inputs and outputs
         self.text_on = field in ("inputs", "outputs") and self.text_left > 0
@@ -169,42 +167,45 @@ class Tap:
             value = int(value)
         elif not 0 <= value < MAX_TOKENS:
             return
+        if self.usage is None:
+            self.usage = [{}, {}, {}, {}]
         self.usage[source].setdefault(column, value)
 
-    def columns(self, name: str | None, error: str | None) -> tuple:
-        """The values of the query columns (rows.QUERY_COLUMNS, without query_fields)."""
-        usage = next((found for found in self.usage if found), {})
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        total = usage.get("total_tokens")
-        if total is None and (prompt is not None or completion is not None):
-            total = (prompt or 0) + (completion or 0)
-        cost = usage.get("total_cost")
-        if cost is None and ("prompt_cost" in usage or "completion_cost" in usage):
-            cost = usage.get("prompt_cost", 0) + usage.get("completion_cost", 0)
+    def columns(self) -> tuple:
+        """The values of the query columns (store/rows.RunRow, ``tags`` to ``search_text``)."""
+        if not (self.tags or self.metadata or self.usage or self.texts):
+            return NO_TAP
+        usage = next((found for found in self.usage if found), None) if self.usage else None
+        if usage is None:
+            tokens: tuple = (None,) * 6
+        else:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            total = usage.get("total_tokens")
+            if total is None and (prompt is not None or completion is not None):
+                total = (prompt or 0) + (completion or 0)
+            cost = usage.get("total_cost")
+            if cost is None and ("prompt_cost" in usage or "completion_cost" in usage):
+                cost = usage.get("prompt_cost", 0) + usage.get("completion_cost", 0)
+            costs = (usage.get("prompt_cost"), usage.get("completion_cost"), cost)
+            tokens = (prompt, completion, total, *(None if c is None else str(c) for c in costs))
         return (
-            json.dumps(self.tags),
-            json.dumps(self.metadata),
-            prompt,
-            completion,
-            total,
-            _text(usage.get("prompt_cost")),
-            _text(usage.get("completion_cost")),
-            _text(cost),
-            search_text(name, error, self.tags, self.metadata, self.texts),
+            json.dumps(self.tags) if self.tags else "[]",
+            json.dumps(self.metadata) if self.metadata else "{}",
+            *tokens,
+            search_text(self.tags, self.metadata, self.texts),
         )
 
 
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
+def search_text(tags: list[str], metadata: dict[str, str], texts: list[str]) -> str | None:
+    """What search() reads beyond the name and the error (the row has those): None when empty."""
+    if not (tags or metadata or texts):
+        return None
+    return "\n".join([*tags, *metadata.values(), *texts]).replace("\x00", "")
 
 
-def search_text(name, error, tags, metadata, texts) -> str:
-    parts = [name or "", error or "", *tags, *metadata.values(), *texts]
-    return "\n".join(p for p in parts if p).replace("\x00", "")
+NO_TAP = ("[]", "{}", None, None, None, None, None, None, None)
 
 
 def query_columns(run) -> tuple:
     """A parsed run's query columns (store/rows.RunRow, from ``tags`` to ``search_text``)."""
-    if run.tap is None:  # none of its tapped fields came
-        return ("[]", "{}", None, None, None, None, None, None, search_text(run.name, run.error, [], {}, []))
-    return run.tap.columns(run.name, run.error)
+    return NO_TAP if run.tap is None else run.tap.columns()  # None: no tapped field came

@@ -10,7 +10,8 @@ from __future__ import annotations
 import ijson
 
 from handler.base.errors import RunError
-from handler.query.extract import TAPPED, Tap
+from handler.query import extract
+from handler.query.extract import Tap
 from handler.runs.jsonbytes import first_line
 from handler.runs.schema import (
     ITEM_ERRORS,
@@ -112,7 +113,7 @@ class RunEvents:
                     depth += 1  # 3, below any sensible max_depth
                     if key in ITEM_EVENTS:
                         items = key
-                    if key in TAPPED:
+                    if key in extract.TAPPED:
                         tap = self._run.tap = self._run.tap or Tap()
                         key_limit, value_limit = tap.start(key)
                 key = None
@@ -123,7 +124,10 @@ class RunEvents:
                     self._keys.add(value)
                     key = value
                 elif depth <= key_limit:
-                    key_limit, value_limit = tap.key(depth, value)
+                    if depth == 3 and value_limit < 3 and value not in tap.first:
+                        key_limit, value_limit = 3, 2  # a field's key no path goes through: no call
+                    else:
+                        key_limit, value_limit = tap.key(depth, value)
             elif event == "string" and depth > 2 and items is None:
                 # The bulk of a payload: a string inside a field has nothing to check.
                 if depth <= value_limit:

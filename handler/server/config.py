@@ -71,7 +71,7 @@ class Settings:
     budget_wait_seconds: float = 30
     query_timeout_ms: int = 5000  # a filtered read is stopped after this (handler/query/)
     # Of inputs' and of outputs' text, kept for search() (handler/query/extract.py).
-    search_text_chars: int = 1000
+    search_text_chars: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -127,7 +127,7 @@ class Settings:
 
         if get_int("QUERY_TIMEOUT_MS", 5000) < 1:
             raise SystemExit("run-handler: QUERY_TIMEOUT_MS must be at least 1")
-        if not 0 <= get_int("SEARCH_TEXT_CHARS", 1000) <= 1_000_000:
+        if not 0 <= get_int("SEARCH_TEXT_CHARS", 0) <= 1_000_000:
             raise SystemExit("run-handler: SEARCH_TEXT_CHARS must be from 0 to 1000000")
 
         try:
@@ -170,7 +170,7 @@ class Settings:
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
             workers=workers,
             query_timeout_ms=get_int("QUERY_TIMEOUT_MS", 5000),
-            search_text_chars=get_int("SEARCH_TEXT_CHARS", 1000),
+            search_text_chars=get_int("SEARCH_TEXT_CHARS", 0),
         )
 
     @property
