@@ -20,7 +20,16 @@ from datetime import UTC, datetime, timedelta
 
 from handler.base.errors import RunError
 from handler.query.scopes import Filters
-from handler.read.query import _flag, _moment, _uuid, _uuids, after_cursor, encode_cursor, json_value
+from handler.read.query import (
+    _flag,
+    _moment,
+    _uuid,
+    _uuids,
+    after_cursor,
+    encode_cursor,
+    json_value,
+    one_of,
+)
 from handler.runs.schema import RUN_TYPES
 
 MAX_PAGE = 1000
@@ -152,8 +161,9 @@ class QueryV2:
         if "project_ids" not in given:
             raise RunError(400, "project_ids is required")
         filters = Filters(given)
-        where = ["tenant = %s", "posted", "session_id = ANY(%s::uuid[])"]
-        params: list = [tenant, _uuids(given["project_ids"], "project_ids")]
+        projects, project_ids = one_of("session_id", _uuids(given["project_ids"], "project_ids"))
+        where = ["tenant = %s", "posted", projects]
+        params: list = [tenant, project_ids]
 
         def add(clause: str, *values: object) -> None:
             where.append(clause)
@@ -166,7 +176,7 @@ class QueryV2:
             else now - DEFAULT_WINDOW
         )
         high = _moment(given["max_start_time"], "max_start_time") if "max_start_time" in given else now
-        add("start_time >= %s AND start_time <= %s", low, high)
+        add(f"{_ORDER_KEY} >= %s AND {_ORDER_KEY} <= %s", low, high)
         if "ids" in given:
             add("id = ANY(%s::uuid[])", _uuids(given["ids"], "ids"))
         if "reference_examples" in given:
