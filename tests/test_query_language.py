@@ -1,8 +1,11 @@
+# ruff: noqa: E501  (the tables of cases read best one case a line)
 """The filter language without a database: parsing, checking, the SQL it compiles to (only
-placeholders carry values), and the Python meaning of each comparator."""
+placeholders carry values), the Python meaning of each comparator; and what ingestion extracts for
+it (extract.Tap, fed by the splitter's events)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +13,12 @@ import pytest
 from handler.base.errors import RunError
 from handler.query.compile import check, where
 from handler.query.evaluate import evaluate, like
+from handler.query.extract import query_columns
 from handler.query.grammar import MAX_CALLS, MAX_CHARS, MAX_DEPTH, Call, Field, Literal, parse
+from handler.runs.splitter import parse_run
+from handler.store.rows import RunRow
+
+QUERY_COLUMNS = RunRow._fields[RunRow._fields.index("tags") : RunRow._fields.index("query_fields")]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ROW = {
@@ -178,3 +186,51 @@ def test_like():
     assert like("a%c", "abbbc") and like("a_c", "abc") and not like("a_c", "abbc")
     assert like(r"100\%", "100%") and not like(r"100\%", "1000")
     assert like("a.c", "a.c") and not like("a.c", "abc")
+
+
+def columns_of(run: dict) -> dict:
+    """The query columns ingestion gives a run (the splitter's events through extract.Tap)."""
+    body = json.dumps({"trace_id": "00000000-0000-0000-0000-000000000001", "name": "n", **run}).encode()
+    values = query_columns(parse_run(body, 1 << 20, 64, "run"))
+    return dict(zip(QUERY_COLUMNS, values, strict=True))
+
+
+USAGE = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+
+
+@pytest.mark.parametrize(
+    ("run", "tokens"),
+    [
+        ({"outputs": {"usage_metadata": USAGE}}, (3, 4, 7)),
+        ({"extra": {"metadata": {"usage_metadata": {"input_tokens": 5, "output_tokens": 6}}}}, (5, 6, 11)),
+        ({"outputs": {"llm_output": {"token_usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}}}, (1, 2, 3)),
+        ({"outputs": {"llm_output": {"usage": {"input_tokens": 8, "output_tokens": 9}}}}, (8, 9, 17)),
+        (
+            {"outputs": {"generations": [[{"text": "hi", "message": {"lc": 1, "kwargs": {"content": "hi", "usage_metadata": USAGE}}}]]}},
+            (3, 4, 7),
+        ),
+        # The first source found wins, whatever the order of the keys.
+        ({"outputs": {"llm_output": {"token_usage": {"total_tokens": 99}}, "usage_metadata": USAGE}}, (3, 4, 7)),
+        # Not at a named path: not counted.
+        ({"outputs": {"x": {"usage_metadata": USAGE}, "generations": [{"message": {"kwargs": {"usage_metadata": USAGE}}}]}}, (None, None, None)),
+        ({"inputs": {"usage_metadata": USAGE}, "outputs": {"usage_metadata": {"total_tokens": "7"}}}, (None, None, None)),
+        ({"outputs": {"usage_metadata": {"input_tokens": -1, "output_tokens": 1.5, "total_tokens": True}}}, (None, None, None)),
+    ],
+)  # fmt: skip
+def test_token_paths(run, tokens):
+    found = columns_of(run)
+    assert (found["prompt_tokens"], found["completion_tokens"], found["total_tokens"]) == tokens
+
+
+def test_tags_metadata_and_search_text():
+    found = columns_of(
+        {
+            "tags": ["a", "b"],
+            "extra": {"metadata": {"user": "u-1", "n": 5, "f": 1.5, "ok": True, "none": None, "deep": {"k": 1}, "list": [1]}},
+            "inputs": {"q": "hello"},
+        }
+    )  # fmt: skip
+    assert json.loads(found["tags"]) == ["a", "b"]
+    assert json.loads(found["metadata"]) == {"user": "u-1", "n": "5", "f": "1.5", "ok": "true"}
+    assert found["search_text"] == "a\nb\nu-1\n5\n1.5\ntrue"  # inputs' text only with SEARCH_TEXT_CHARS
+    assert columns_of({})["search_text"] is None and columns_of({})["tags"] == "[]"

@@ -11,6 +11,7 @@ the bulk of a payload never reaches it. The paths it reads:
     extra.metadata.usage_metadata.*
     outputs.llm_output.token_usage.*          (LangChain's OpenAI-style llm_output)
     outputs.llm_output.usage.*                (Anthropic-style)
+    outputs.generations[*][*].message.kwargs.usage_metadata.*   (LangChain's chat models)
     inputs.**, outputs.** strings             search text, the first SEARCH_TEXT_CHARS characters of each
 """
 
@@ -60,6 +61,7 @@ _TOKEN_USAGE = {
     "total_tokens": "total_tokens",
 }
 _USAGE = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens", **_TOKEN_USAGE}
+ITEMS = 0  # in PATHS: an array's items (no JSON key is an int)
 # Paths below each tapped field: a dict descends, a tuple is a leaf; "*" is any key.
 PATHS = {
     "tags": {},
@@ -68,6 +70,10 @@ PATHS = {
     "outputs": {
         "usage_metadata": _usage(0, _USAGE_METADATA),
         "llm_output": {"token_usage": _usage(2, _TOKEN_USAGE), "usage": _usage(3, _USAGE)},
+        # LangChain's chat models: the first generation's message (serialized) has it.
+        "generations": {
+            ITEMS: {ITEMS: {"message": {"kwargs": {"usage_metadata": _usage(4, _USAGE_METADATA)}}}}
+        },
     },
 }
 
@@ -116,9 +122,10 @@ class Tap:
         keys, nodes, i = self.keys, self.nodes, depth - 3
         if len(keys) > i:
             del keys[i:], nodes[i:]
-        while len(keys) < i:  # inside an array: no key here, and no path goes through it
+        while len(keys) < i:  # a depth without a key is an array's: a path goes on through ITEMS
+            above = PATHS[self.field] if not nodes else nodes[-1]
             keys.append(None)
-            nodes.append(None)
+            nodes.append(above.get(ITEMS) if isinstance(above, dict) else None)
         parent = PATHS[self.field] if i == 0 else nodes[i - 1]
         node = parent.get(key, parent.get("*")) if isinstance(parent, dict) else None
         keys.append(key)
@@ -168,7 +175,7 @@ class Tap:
         elif not 0 <= value < MAX_TOKENS:
             return
         if self.usage is None:
-            self.usage = [{}, {}, {}, {}]
+            self.usage = [{}, {}, {}, {}, {}]
         self.usage[source].setdefault(column, value)
 
     def columns(self) -> tuple:
