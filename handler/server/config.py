@@ -69,6 +69,10 @@ class Settings:
     workers: int
     max_buffered_bytes: int = 256 * MIB
     budget_wait_seconds: float = 30
+    header_timeout: float = 60
+    keepalive_timeout: float = 75
+    max_connections: int = 0  # 0: derived from the open-file limit (handler/server/connections.py)
+    linger_max_seconds: float = 60
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -122,6 +126,10 @@ class Settings:
         if workers < 0:
             raise SystemExit("run-handler: WORKERS cannot be negative (0 means one per CPU core)")
 
+        for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "LINGER_MAX_SECONDS"):
+            if get_int(name, 0) < 0:
+                raise SystemExit(f"run-handler: {name} cannot be negative")
+
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
         except ValueError as e:
@@ -161,6 +169,10 @@ class Settings:
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
             workers=workers,
+            header_timeout=get_int("HEADER_TIMEOUT", 60),
+            keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 75),
+            max_connections=get_int("MAX_CONNECTIONS", 0),
+            linger_max_seconds=get_int("LINGER_MAX_SECONDS", 60),
         )
 
     @property
