@@ -364,9 +364,9 @@ issue 26 from one local client process, loopback only, every loop bounded:
   asks `GET /health` once a second with a 1 s timeout. The server's open-file limit is lowered to
   4,096 once it has started (`prlimit`), so the flood fills it in seconds rather than minutes, and
   `MAX_CONNECTIONS=3687` is what that limit gives. Before: the process ran out of descriptors
-  (`accept` failing with EMFILE at every turn of the loop) and `/health` answered 1 of 20 probes
-  while the connections were held. Now the 403 past the cap get a 503 and are closed, and `/health`
-  answers every probe.
+  (`accept` failing with EMFILE), new connections waited in the listen queue, and `/health`
+  answered 1 of 20 probes while the connections were held. Now the 403 past the cap get a 503
+  and are closed, and `/health` answers every probe.
 - **large runs**: 32 clients each send one run whose input is a single 90 MB string, with
   `Content-Length`, then read the answer. Before: 17 clients refused mid-body (503, the memory
   budget) could not send their whole body: the server stopped reading after `LINGER_BYTES` (64 MiB)
