@@ -69,6 +69,7 @@ class Settings:
     workers: int
     max_buffered_bytes: int = 256 * MIB
     budget_wait_seconds: float = 30
+    max_feedback_bytes: int = MIB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -160,6 +161,7 @@ class Settings:
             linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
+            max_feedback_bytes=get_int("MAX_FEEDBACK_BYTES", MIB),
             workers=workers,
         )
 
