@@ -123,9 +123,7 @@ def load(data: bytes, max_depth: int) -> object:
     except UnicodeDecodeError:
         raise FieldError("invalid UTF-8") from None
     try:
-        value = json.loads(
-            text, object_pairs_hook=_object_of, parse_constant=_no_constant, parse_float=_finite
-        )
+        value = json.loads(text, object_pairs_hook=_object_of, parse_constant=_no_constant)
     except FieldError:
         raise
     except RecursionError:
@@ -149,29 +147,30 @@ def _no_constant(name: str) -> float:
     raise FieldError(f"invalid JSON: {name} is not a JSON number")
 
 
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise FieldError(f"the number {text[:40]} is out of range")
-    return number
-
-
 def _check_tree(value: object, max_depth: int) -> None:
-    """No NUL in any string or key (text and jsonb refuse it); nesting within ``max_depth``."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise FieldError("a string contains a NUL character (\\u0000)")
-        elif isinstance(item, dict | list):
-            if depth > max_depth:
-                raise FieldError(f"nested deeper than {max_depth}")
-            if isinstance(item, dict):
-                stack.extend((k, depth) for k in item)
-                stack.extend((v, depth + 1) for v in item.values())
-            else:
-                stack.extend((v, depth + 1) for v in item)
+    """No NUL in any string or key (text and jsonb refuse it), no number out of a double's range
+    (``1e400``), nesting within ``max_depth``; an error names the top-level field it is in."""
+    fields = value.items() if isinstance(value, dict) else [("the body", value)]
+    for field, top in fields:
+        if "\x00" in field:
+            raise FieldError("a key contains a NUL character (\\u0000)")
+        stack = [(top, 2 if isinstance(value, dict) else 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, str):
+                if "\x00" in item:
+                    raise FieldError(f"{field}: a string contains a NUL character (\\u0000)")
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    raise FieldError(f"{field}: a number is out of range")
+            elif isinstance(item, dict | list):
+                if depth > max_depth:
+                    raise FieldError(f"{field}: nested deeper than {max_depth}")
+                if isinstance(item, dict):
+                    stack.extend((k, depth) for k in item)
+                    stack.extend((v, depth + 1) for v in item.values())
+                else:
+                    stack.extend((v, depth + 1) for v in item)
 
 
 def _row(body: dict, part_id: uuid.UUID | None) -> FeedbackRow:
