@@ -7,7 +7,7 @@
 | ``run_id``, ``trace_id``, ``session_id`` | UUID string; one of the three required | as absent | same |
 | ``comparative_experiment_id``, ``feedback_group_id`` | UUID string | as absent | same |
 | ``key`` | string, 1 to 1,024 characters | refused (required) | ``key`` |
-| ``score`` | number (finite) or boolean (1 or 0) | as absent | ``score`` (double) |
+| ``score`` | number within ±1e100, or boolean (1 or 0) | as absent | ``score`` (double) |
 | ``value`` | string, number, boolean or object | as absent | ``value`` (jsonb) |
 | ``comment`` | string | as absent | ``comment`` |
 | ``correction`` | string or object | as absent | ``correction`` (jsonb) |
@@ -39,6 +39,8 @@ from handler.runs.jsonbytes import has_lone_surrogate
 from handler.runs.schema import UUID_TEXT, epoch_millis
 
 MAX_KEY_CHARS = 1024
+# A score's magnitude: the sums behind feedback_stats (avg, stdev) then never overflow a double.
+MAX_SCORE = 1e100
 _UUIDS = ("run_id", "trace_id", "session_id", "comparative_experiment_id", "feedback_group_id")
 _TIMES = ("created_at", "modified_at", "start_time")
 _OBJECTS = ("feedback_source", "feedback_config", "extra")
@@ -238,11 +240,11 @@ def _time(name: str, value: object) -> datetime:
         if not isinstance(value, str):
             raise ValueError
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00 is before year 1 in UTC
         raise FieldError(
             f"{name} must be an ISO 8601 date-time string or a number of milliseconds since the Unix epoch"
         ) from None
-    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _flag(name: str, value: object) -> bool | None:
@@ -268,8 +270,8 @@ def _score(value: object) -> float | None:
         score = float(value)
     except OverflowError:
         score = math.inf
-    if not math.isfinite(score):
-        raise FieldError("score is out of range")
+    if not -MAX_SCORE <= score <= MAX_SCORE:
+        raise FieldError(f"score must be within -{MAX_SCORE:g} and {MAX_SCORE:g}")
     return score
 
 
