@@ -5,20 +5,24 @@
 - ``POST /feedback`` refusals naming the field, its limits, ``GET /feedback`` parameters,
   ``PATCH /feedback/{id}`` refusals;
 - ``GET /runs/{id}`` of a run with feedback: its bytes with ``feedback_stats`` added last;
-- what is not served: ``/api/v1|v2/...`` answers 501 with ``x-should-retry: false``.
+- what is not served: ``/api/v1|v2/...`` answers 501 with ``x-should-retry: false``;
+- the migration rolls back and applies again.
 
 The server writes to a bucket and a tenant of this module's own, removed at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
 import pytest
 
 from handler.server.auth import hash_key
+from handler.store.migrations import migrate, rollback_last
 from tests.client import HttpClient, Response
+from tests.conftest import FreshConnections
 from tests.reset_env import empty_bucket
 from tests.runs import split
 from tests.server import start_server
@@ -392,3 +396,37 @@ def test_langsmith_api_routes_not_served_answer_501_not_to_be_retried(http, meth
     assert response.getheader("x-should-retry") == "false"
     assert "does not implement" in json.loads(response.read())["error"]
     conn.close()
+
+
+# -- the migration ---------------------------------------------------------------------------------
+
+
+def test_the_feedback_migration_rolls_back_and_applies_again(settings):
+    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_feedback")
+    admin = FreshConnections(settings)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
+        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
+    try:
+        migrate(scratch)
+        with FreshConnections(scratch).cursor() as cur:
+
+            def has_table() -> bool:
+                cur.execute("SELECT to_regclass('feedback') IS NOT NULL")
+                return cur.fetchone()[0]
+
+            cur.execute(
+                "INSERT INTO feedback (tenant, id, run_id, key, created_at, modified_at)"
+                " VALUES ('t', %s, %s, 'k', now(), now())",
+                (new_id(), new_id()),
+            )
+            rolled_back = 0
+            while has_table():  # 0006_feedback, and whatever came after it
+                assert rollback_last(scratch) == 1
+                rolled_back += 1
+            cur.execute("SELECT to_regclass('runs') IS NOT NULL")
+            assert cur.fetchone()[0]  # the runs stay
+            assert migrate(scratch) == rolled_back and has_table()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
