@@ -398,6 +398,11 @@ def test_langsmith_api_routes_not_served_answer_501_not_to_be_retried(http, meth
     conn.close()
 
 
+def test_other_routes_not_served_answer_404_saying_so(http):
+    response = http.get("/datasets?name=x", HEADERS)
+    assert_refused(response, 404, "GET /datasets: no such route on this server")
+
+
 # -- the migration ---------------------------------------------------------------------------------
 
 
