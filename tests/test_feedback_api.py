@@ -13,6 +13,7 @@ The server writes to a bucket and a tenant of this module's own, removed at the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -20,6 +21,7 @@ import uuid
 import pytest
 
 from handler.server.auth import hash_key
+from handler.store.db import Database
 from handler.store.migrations import migrate, rollback_last
 from tests.client import HttpClient, Response
 from tests.conftest import FreshConnections
@@ -401,6 +403,23 @@ def test_langsmith_api_routes_not_served_answer_501_not_to_be_retried(http, meth
 def test_other_routes_not_served_answer_404_saying_so(http):
     response = http.get("/datasets?name=x", HEADERS)
     assert_refused(response, 404, "GET /datasets: no such route on this server")
+
+
+def test_an_unknown_commit_is_settled_by_its_feedback_too(http, settings):
+    """A body of feedback alone writes no object: when its commit's outcome is unknown (the
+    connection broke), what settles it is the count of its feedback ids (db.count_committed)."""
+    stored = post_feedback(http, feedback(run_id=new_id())).json()["id"]
+
+    async def count(ids: list[str]) -> int:
+        database = Database(settings)
+        await database.start()
+        try:  # (0, 0): no backend to wait for
+            return await database.count_committed([], (0, 0), TENANT, [uuid.UUID(i) for i in ids])
+        finally:
+            await database.close()
+
+    assert asyncio.run(count([stored, new_id()])) == 1
+    assert asyncio.run(count([new_id()])) == 0
 
 
 # -- the migration ---------------------------------------------------------------------------------
