@@ -5,6 +5,7 @@ from __future__ import annotations
 import tornado.web
 
 from handler.base.handlers import NotFoundHandler
+from handler.feedback import handlers as feedback
 from handler.read import projects, query
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
@@ -33,6 +34,7 @@ def make_app(
             *projects.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),
+            *feedback.routes(ingest_deps),
             *info.routes(deps),
             *ops.routes(deps),
             *docs.routes(),

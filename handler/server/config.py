@@ -73,6 +73,7 @@ class Settings:
     keepalive_timeout: float = 75
     max_connections: int = 0  # 0: derived from the open-file limit (handler/server/connections.py)
     linger_max_seconds: float = 60
+    max_feedback_bytes: int = MIB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -168,6 +169,7 @@ class Settings:
             linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
+            max_feedback_bytes=get_int("MAX_FEEDBACK_BYTES", MIB),
             workers=workers,
             header_timeout=get_int("HEADER_TIMEOUT", 60),
             keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 75),
