@@ -74,6 +74,9 @@ FAMILIES = {
     "run_handler_object_cache_reads": "counter",
     "run_handler_objects_written": "counter",
     "run_handler_object_bytes": "histogram",
+    "run_handler_open_connections": "gauge",
+    "run_handler_connections_refused": "counter",
+    "run_handler_connections_timed_out": "counter",
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from handler.server.config import REPO_ROOT, Settings
 from handler.store.db import Database
-from handler.store.migrations import migrate, rollback_last
+from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
 from tests.client import HttpClient
 from tests.conftest import FreshConnections, Store
 from tests.runs import batch, run, split
@@ -247,13 +247,6 @@ def test_compaction_leaves_runs_that_moved_meanwhile_where_they_are(client, stor
 # -- the migration -------------------------------------------------------------------------------
 
 
-LATER = sorted(
-    p.name.removesuffix(".sql")
-    for p in (REPO_ROOT / "schema").glob("*.sql")
-    if not p.name.endswith(".rollback.sql") and p.name > "0004_segments.sql"
-)
-
-
 def test_the_segments_migration_rolls_back_only_without_packed_runs(settings):
     scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_rollback")
     admin = FreshConnections(settings)
@@ -269,7 +262,8 @@ def test_the_segments_migration_rolls_back_only_without_packed_runs(settings):
             )
             cur.execute(insert, (str(uuid.uuid4()), str(uuid.uuid4()), "default/runs/x/whole.json", None))
             cur.execute(insert, (str(uuid.uuid4()), str(uuid.uuid4()), "default/segments/s.json", 1))
-            for _ in LATER:  # the migrations after segments (0005_sessions, ...)
+            later = [m for m in _migrations() if m > "0004_segments"]  # 0005_sessions, 0006_feedback...
+            for _ in later:
                 assert rollback_last(scratch) == 1
             with pytest.raises(Exception, match="stored in segments"):
                 rollback_last(scratch)
@@ -277,10 +271,14 @@ def test_the_segments_migration_rolls_back_only_without_packed_runs(settings):
             assert rollback_last(scratch) == 1  # whole-object rows survive the rollback
             cur.execute("SELECT count(*) FROM runs")
             assert cur.fetchone()[0] == 1
-        assert migrate(scratch) == 1 + len(LATER)  # and the migrations apply again
+        assert migrate(scratch) == 1 + len(later)  # and the migrations apply again
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
+
+
+def _migrations() -> list[str]:
+    return sorted(p.stem for p in SCHEMA_DIR.glob("*.sql") if not p.stem.endswith(".rollback"))
 
 
 def test_settings_are_documented():

@@ -4,6 +4,7 @@ the reader of their format (readers.py, multipart.py); reads are read/runs.py's.
 from __future__ import annotations
 
 from handler.base.errors import RunError
+from handler.feedback.store import stats_tail
 from handler.read.runs import relay, trace_page, uuid_argument
 from handler.runs.ingest import BatchIngest
 from handler.runs.ingest_handler import IngestHandler
@@ -93,11 +94,12 @@ class RunHandler(IngestHandler):
             return
         try:
             found = await self.db.find_run(tenant, uuid_argument(run_id, "run id"))
+            tail = await stats_tail(self.db, tenant, run_id) if found is not None else b""
         except RunError as e:
             return self.fail(e)
         if found is None:
             return self.fail(RunError(404, f"run {run_id} not found"))
-        await relay(self, self.store, found.location, found.size, "application/json")
+        await relay(self, self.store, found.location, found.size, "application/json", tail)
 
 
 class AttachmentHandler(IngestHandler):

@@ -7,6 +7,7 @@ import tornado.web
 from handler.base.handlers import NotFoundHandler
 from handler.query import extract
 from handler.query import handlers as query_v2
+from handler.feedback import handlers as feedback
 from handler.read import projects, query
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
@@ -37,6 +38,7 @@ def make_app(
             *projects.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),
+            *feedback.routes(ingest_deps),
             *info.routes(deps),
             *ops.routes(deps),
             *docs.routes(),
