@@ -1,7 +1,7 @@
 -- What LangSmith's filter language asks of a run beyond the columns it had (handler/query/):
 -- its tags, extra.metadata's plain values, token counts and costs, and the text search() reads,
 -- all filled at ingest by handler/query/extract.py while the run is parsed.
--- depends: 0005_sessions
+-- depends: 0006_feedback
 ALTER TABLE runs
     ADD COLUMN tags jsonb NOT NULL DEFAULT '[]',
     ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}',

@@ -107,7 +107,11 @@ def corpus(server):
     ]  # fmt: skip
     post_runs(server, runs)
     client = Client(api_url=f"http://127.0.0.1:{server.client.port}", api_key=KEY)
-    return client, project, {r["name"]: r["id"] for r in runs}
+    ids = {r["name"]: r["id"] for r in runs}
+    client.create_feedback(ids["tool-a"], key="correctness", score=0)
+    client.create_feedback(ids["agent"], key="correctness", score=1)
+    client.create_feedback(ids["agent"], key="note", comment="no score")
+    return client, project, ids
 
 
 def names(client: Client, project: str, **kwargs) -> set[str]:
@@ -164,6 +168,15 @@ CASES = [
     ({"tree_filter": "neq(error, null)"}, {"agent", "llm-a", "tool-a"}),
     ({"tree_filter": 'eq(metadata_key, "ls_model_name")', "filter": "eq(is_root, true)"}, {"chat"}),
     ({"filter": 'eq(run_type, "llm")', "trace_filter": 'has(tags, "beta")'}, {"llm-b"}),
+    ({"filter": 'and(eq(feedback_key, "correctness"), eq(feedback_score, 0))'}, {"tool-a"}),
+    ({"filter": 'eq(feedback_key, "correctness")'}, {"agent", "tool-a"}),
+    ({"filter": 'and(eq(feedback_key, "note"), neq(feedback_score, 1))'}, {"agent"}),
+    ({"filter": 'not(eq(feedback_key, "correctness"))'}, {"llm-a", "chat", "llm-b", "pending-one"}),
+    (
+        {"trace_filter": 'and(eq(feedback_key, "correctness"), gte(feedback_score, 1))'},
+        {"agent", "llm-a", "tool-a"},
+    ),
+    ({"tree_filter": "lt(feedback_score, 0.5)", "filter": "eq(is_root, true)"}, {"agent"}),
     ({"run_type": "llm", "filter": "gt(total_tokens, 100)"}, {"llm-a"}),
     ({"is_root": True, "tree_filter": "gt(total_tokens, 1000)"}, {"agent"}),
     ({"error": False, "trace_filter": "gt(latency, 5)", "filter": 'neq(run_type, "chain")'}, {"llm-a"}),
@@ -223,7 +236,7 @@ HOSTILE = [
     'eq(name, "\\u0000")',
     "\x00",
     'eq(unknown_field, "x")',
-    'eq(feedback_key, "x")',
+    'eq(feedback_value, "x")',
     'like(error, "x\\\\")',
     "search()",
 ]

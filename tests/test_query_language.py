@@ -37,6 +37,7 @@ ROW = {
     "tags": ["prod", "beta"],
     "metadata": {"user_id": "u-42", "env": "prod"},
     "search_text": "prod\nhello world",
+    "feedback": [("correctness", 1.0), ("helpful", None)],
 }
 
 
@@ -91,7 +92,9 @@ def test_syntax_errors_name_the_position(text, position):
     ("text", "reason"),
     [
         ('eq(nonsense, "x")', "unknown field 'nonsense'"),
-        ('eq(feedback_key, "x")', "feedback_key is not supported"),
+        ('eq(feedback_value, "x")', "feedback_value is not supported"),
+        ('gt(feedback_score, "high")', "feedback_score takes a number"),
+        ('gt(feedback_key, "x")', "feedback_key takes eq, neq, in"),
         ('frobnicate(name, "x")', "unknown comparator 'frobnicate'"),
         ('gt(name, "x")', "name takes eq, neq, in, like"),
         ('eq(run_type, "robot")', "run_type is one of"),
@@ -176,6 +179,12 @@ def test_values_never_reach_the_sql_text():
         ('and(eq(name, "other"), eq(run_type, "llm"))', False),
         ("eq(parent_run_id, null)", True),
         ('eq(trace_id, "00000000-0000-0000-0000-000000000001")', True),
+        ('and(eq(feedback_key, "correctness"), eq(feedback_score, 1))', True),
+        ('and(eq(feedback_key, "correctness"), lt(feedback_score, 1))', False),
+        ('and(eq(feedback_key, "helpful"), neq(feedback_score, 1))', True),
+        ('and(eq(feedback_key, "helpful"), gt(feedback_score, 0))', False),
+        ('eq(feedback_key, "nope")', False),
+        ("gte(feedback_score, 1)", True),
     ],
 )
 def test_meaning(text, expected):

@@ -40,7 +40,8 @@ _META_SET = "{r}.metadata <> '{{}}'::jsonb"
 class Node:
     """A checked comparison or connective. op: and, or, not, cmp, in, like, notlike, exists,
     tags_has, tags_any, meta (a group of metadata_key/value conditions matched by one pair),
-    meta_has (containment), search."""
+    meta_has (containment), feedback (a group of feedback_key/score conditions matched by one
+    feedback of the run), search."""
 
     op: str
     field: str | None = None
@@ -118,6 +119,8 @@ def _check(call: Call) -> Node:
         return _metadata_has(call, literal)
     if field in ("metadata_key", "metadata_value"):
         return Node("meta", children=(_metadata_condition(call, field, literal),))
+    if field in ("feedback_key", "feedback_score"):
+        return Node("feedback", children=(_feedback_condition(call, field, literal),))
     spec = FIELDS[field]
     if name == "has":
         raise field_error(field, "takes no has(); has() is for tags and metadata", call.pos)
@@ -211,12 +214,34 @@ def _metadata_condition(call: Call, field: str, literal: Literal) -> tuple[str, 
 
 def _group_metadata(children: list[Node]) -> Node:
     """Within one and(), metadata_key and metadata_value conditions describe one pair, as in
-    and(eq(metadata_key, "user"), eq(metadata_value, "u-42"))."""
-    meta = [c for c in children if c.op == "meta"]
-    if len(meta) > 1:
-        group = Node("meta", children=tuple(cond for node in meta for cond in node.children))
-        children = [c for c in children if c.op != "meta"] + [group]
+    and(eq(metadata_key, "user"), eq(metadata_value, "u-42")); feedback_key and feedback_score
+    one feedback, as in and(eq(feedback_key, "correctness"), eq(feedback_score, 1))."""
+    for op in ("meta", "feedback"):
+        found = [c for c in children if c.op == op]
+        if len(found) > 1:
+            group = Node(op, children=tuple(cond for node in found for cond in node.children))
+            children = [c for c in children if c.op != op] + [group]
     return children[0] if len(children) == 1 else Node("and", children=tuple(children))
+
+
+def _feedback_condition(call: Call, field: str, literal: Literal) -> tuple[str, str, object]:
+    """A condition on one feedback of the run (schema/0006): its key (a string) or its score."""
+    if field == "feedback_key":
+        if call.name not in ("eq", "neq", "in", "like", "notlike"):
+            raise field_error(field, f"takes eq, neq, in, like, notlike, not {call.name}", call.pos)
+        values = literal.value if call.name == "in" else (literal.value,)
+        if (call.name == "in") != isinstance(literal.value, tuple) or not all(
+            isinstance(v, str) for v in values
+        ):
+            raise field_error(field, "takes a string (in: a list of strings)", literal.pos)
+        if call.name in ("like", "notlike"):
+            _like_pattern(field, literal)
+        return ("key", call.name, literal.value)
+    if call.name not in COMPARISONS:
+        raise field_error(field, f"takes eq, neq, gt, gte, lt, lte, not {call.name}", call.pos)
+    if isinstance(literal.value, bool) or not isinstance(literal.value, int | float):
+        raise field_error(field, "takes a number", literal.pos)
+    return ("score", call.name, float(literal.value))
 
 
 class SQL:
@@ -306,6 +331,24 @@ class SQL:
         return (
             f"({prefilter}EXISTS (SELECT 1 FROM jsonb_each_text({r}.metadata) AS m(key, value)"
             f" WHERE {' AND '.join(tests)}))"
+        )
+
+    def _feedback(self, node: Node, r: str) -> str:
+        tests = []
+        for side, op, value in node.children:
+            if op == "in":
+                tests.append(f"f.key = ANY({self._p(list(value), '::text[]')})")
+            elif op in ("like", "notlike"):
+                tests.append(f"f.key {'LIKE' if op == 'like' else 'NOT LIKE'} {self._p(value)}")
+            elif side == "key":
+                tests.append(f"f.key {_SQL_OPS[op]} {self._p(value)}")
+            elif op == "neq":
+                tests.append(f"(f.score <> {self._p(value)} OR f.score IS NULL)")
+            else:
+                tests.append(f"(f.score {_SQL_OPS[op]} {self._p(value)} AND f.score IS NOT NULL)")
+        return (
+            f"(EXISTS (SELECT 1 FROM feedback f WHERE f.tenant = {r}.tenant AND f.run_id = {r}.id"
+            f" AND {' AND '.join(tests)}))"
         )
 
     def _search(self, node: Node, r: str) -> str:

@@ -3,7 +3,7 @@ must have (the property test holds the two to each other).
 
 ``row`` maps the field names of fields.FIELDS to values (ids as strings, times as aware datetimes,
 numbers as int, float or Decimal, None when missing), plus ``tags`` (a list of strings),
-``metadata`` (a dict of strings) and ``search_text``.
+``metadata`` (a dict of strings), ``search_text`` and ``feedback`` ((key, score) pairs).
 """
 
 from __future__ import annotations
@@ -69,6 +69,14 @@ def _meta_test(side: str, op: str, value: object, key: str, text: str) -> bool:
     return _compare(op, subject, value)
 
 
+def _feedback_test(side: str, op: str, value: object, key: str, score: float | None) -> bool:
+    if side == "key":
+        return _meta_test("key", op, value, key, "")
+    if score is None:
+        return op == "neq"
+    return _compare(op, score, value)
+
+
 def evaluate(node: Node, row: dict) -> bool:
     op = node.op
     if op == "and":
@@ -91,6 +99,11 @@ def evaluate(node: Node, row: dict) -> bool:
         return any(
             all(_meta_test(side, cmp, value, key, text) for side, cmp, value in node.children)
             for key, text in row["metadata"].items()
+        )
+    if op == "feedback":
+        return any(
+            all(_feedback_test(side, cmp, value, key, score) for side, cmp, value in node.children)
+            for key, score in row.get("feedback", ())
         )
     value = _value(row, node.field)
     if op == "exists":

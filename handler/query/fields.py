@@ -46,11 +46,9 @@ FIELDS = {
     "total_cost": Spec("{r}.total_cost", "number"),
 }
 # Fields with comparators of their own (compile.py): tags, metadata, metadata_key, metadata_value.
-SPECIAL = ("tags", "metadata", "metadata_key", "metadata_value")
+SPECIAL = ("tags", "metadata", "metadata_key", "metadata_value", "feedback_key", "feedback_score")
 NOT_SERVED = {
-    "feedback_key": "feedback is not kept by this server yet",
-    "feedback_score": "feedback is not kept by this server yet",
-    "feedback_value": "feedback is not kept by this server yet",
+    "feedback_value": "feedback values are not indexed; use feedback_key and feedback_score",
     "input_key": "inputs are not indexed by key; use search()",
     "input_value": "inputs are not indexed by key; use search()",
     "output_key": "outputs are not indexed by key; use search()",

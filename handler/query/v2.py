@@ -103,8 +103,8 @@ UNSERVED = {
     "ai_search": "AI search is not offered by this server",
     "sem_filter": "semantic filtering is not offered by this server",
     "reference_dataset_id": "datasets are not kept by this server; use project_ids",
-    "min_feedback_modified_at": "feedback is not kept by this server yet",
-    "max_feedback_modified_at": "feedback is not kept by this server yet",
+    "min_feedback_modified_at": "feedback time windows are not offered by this server",
+    "max_feedback_modified_at": "feedback time windows are not offered by this server",
 }
 KNOWN = frozenset(
     {

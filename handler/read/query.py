@@ -21,8 +21,8 @@ from decimal import Decimal
 
 from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
-from handler.query.scopes import Filters
 from handler.feedback.store import stats as feedback_stats
+from handler.query.scopes import Filters
 from handler.runs.schema import RUN_TYPES, UUID_TEXT
 from handler.store.objects import Location
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tornado.web
 
 from handler.base.handlers import NotFoundHandler
+from handler.feedback import handlers as feedback
 from handler.query import extract
 from handler.query import handlers as query_v2
-from handler.feedback import handlers as feedback
 from handler.read import projects, query
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget

@@ -48,8 +48,9 @@ class InfoHandler(JSONHandler):
 class NotImplementedHandler(JSONHandler):
     """``/api/v1/...`` and ``/api/v2/...``: the LangSmith API the SDKs' generated resources call
     (``traces``, ``threads``, ``datasets``, ...), which this server does not implement (but for
-    ``/api/v2/runs/query`` and ``/api/v2/runs/{id}``, handler/query/). 501 at once, never a 404 or a 5xx they would retry: their httpx client retries
-    every 5xx unless told ``x-should-retry: false``; the hand-written clients do not retry a 501."""
+    ``/api/v2/runs/query`` and ``/api/v2/runs/{id}``, handler/query/). 501 at once, never a 404 or a
+    5xx they would retry: their httpx client retries every 5xx unless told ``x-should-retry:
+    false``; the hand-written clients do not retry a 501."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
