@@ -251,11 +251,11 @@ class IngestHandler(JSONHandler):
             return super().fail(error)
         if error.status >= 500:
             log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)
-        body = json.dumps(error.to_json()).encode()
+        body, content_type = self.error_answer(error)
         self.clear()
         self.set_status(error.status)
         self.set_retry_after(error)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_header("Content-Type", content_type)
         self.set_header("Content-Length", len(body))
         self.set_header("Connection", "close")
         self.write(body)
@@ -273,6 +273,10 @@ class IngestHandler(JSONHandler):
             timer = loop.call_later(self.config.linger_seconds, self.end_linger)
             self.linger = Linger(sent, timer, self.config.linger_bytes)
         self.leave_in_flight()  # the batch is undone: a shutdown need not wait for the linger
+
+    def error_answer(self, error: RunError) -> tuple[bytes, str]:
+        """An early answer's body and Content-Type (a route with its own error format overrides it)."""
+        return json.dumps(error.to_json()).encode(), "application/json; charset=UTF-8"
 
     def lingers(self) -> bool:
         """Whether an answer now comes before the end of a body that the client is sending."""

@@ -6,6 +6,7 @@ import tornado.web
 
 from handler.base.handlers import NotFoundHandler
 from handler.feedback import handlers as feedback
+from handler.otel import handlers as otel
 from handler.query import extract
 from handler.query import handlers as query_v2
 from handler.read import projects, query
@@ -39,6 +40,7 @@ def make_app(
             *ui.routes(deps),
             *runs.routes(ingest_deps),
             *feedback.routes(ingest_deps),
+            *otel.routes(ingest_deps),
             *info.routes(deps),
             *ops.routes(deps),
             *docs.routes(),

@@ -77,6 +77,7 @@ class Settings:
     max_connections: int = 0  # 0: derived from the open-file limit (handler/server/connections.py)
     linger_max_seconds: float = 60
     max_feedback_bytes: int = MIB
+    otlp_max_body_bytes: int = 32 * MIB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -112,15 +113,17 @@ class Settings:
         # One request alone must always fit: a run held whole, a full upload window, the open
         # segment and a sealed one, and the chunk being decoded (README: MAX_BUFFERED_BYTES).
         max_buffered = get_int("MAX_BUFFERED_BYTES", 256 * MIB)
+        # (An OTLP body is held whole and decoded beside itself: three times OTLP_MAX_BODY_BYTES.)
         one_request = (
-            get_int("MAX_RUN_BYTES", 100 * MIB)
+            max(get_int("MAX_RUN_BYTES", 100 * MIB), 3 * get_int("OTLP_MAX_BODY_BYTES", 32 * MIB))
             + get_int("UPLOAD_WINDOW_BYTES", 64 * MIB)
             + 2 * get_int("SEGMENT_BYTES", 4 * MIB)
             + MIB
         )
         if max_buffered < one_request:
             raise SystemExit(
-                f"run-handler: MAX_BUFFERED_BYTES ({max_buffered}) must be at least MAX_RUN_BYTES + "
+                f"run-handler: MAX_BUFFERED_BYTES ({max_buffered}) must be at least MAX_RUN_BYTES (or 3 * "
+                "OTLP_MAX_BODY_BYTES, if larger) + "
                 f"UPLOAD_WINDOW_BYTES + 2 * SEGMENT_BYTES + 1 MiB ({one_request}), so that one "
                 "request alone always fits"
             )
@@ -177,6 +180,7 @@ class Settings:
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
             max_feedback_bytes=get_int("MAX_FEEDBACK_BYTES", MIB),
+            otlp_max_body_bytes=get_int("OTLP_MAX_BODY_BYTES", 32 * MIB),
             workers=workers,
             query_timeout_ms=get_int("QUERY_TIMEOUT_MS", 5000),
             search_text_chars=get_int("SEARCH_TEXT_CHARS", 0),

@@ -414,6 +414,22 @@ class Database:
         except (psycopg2.Error, OSError, TimeoutError) as e:
             raise error(e) from e
 
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        """A cursor whose statements commit together at the end of the block (roll back on an
+        error); the database failing is a RunError 503."""
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("BEGIN")
+                try:
+                    yield cur
+                except BaseException:
+                    await cur.execute("ROLLBACK")
+                    raise
+                await cur.execute("COMMIT")
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            raise database_error(e) from e
+
     async def ping(self) -> None:
         """A round trip through the pool, for GET /ready; raises the driver's error as it is."""
         async with self._pool.acquire() as conn, conn.cursor() as cur:

@@ -1,0 +1,1 @@
+"""OTLP/HTTP trace export: spans stored as runs."""

@@ -1,0 +1,75 @@
+"""OTLP/HTTP trace export: ``POST /otel/v1/traces`` (LangSmith's path), ``/v1/traces`` (the OTLP
+default) and ``/api/v1/otel/v1/traces`` (self-hosted LangSmith's). The body streams in like any
+ingest (decoding, the memory budget, the idle timeout, lingering), is held whole by the reader, and
+its spans are stored as runs; the answer is in the request's encoding, as the specification says."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from handler.base.errors import RunError
+from handler.otel import decode, tree
+from handler.otel.reader import OtlpReader
+from handler.runs.ingest import BatchIngest
+from handler.runs.ingest_handler import IngestHandler
+
+log = logging.getLogger(__name__)
+
+_DIGITS = re.compile(r"[0-9]+")
+PATHS = ("/otel/v1/traces", "/v1/traces", "/api/v1/otel/v1/traces")
+
+
+class TracesHandler(IngestHandler):
+    SUPPORTED_METHODS = ("POST",)
+
+    def encoding(self) -> str:
+        """The request's encoding, which the answer uses (JSON when it names neither)."""
+        given = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        return given if given in decode.CONTENT_TYPES else decode.JSON
+
+    def check_content_type(self, content_type: str) -> None:
+        if content_type.split(";")[0].strip().lower() not in decode.CONTENT_TYPES:
+            raise RunError(415, f"Content-Type must be {decode.PROTOBUF} or {decode.JSON}")
+        length = self.request.headers.get("Content-Length")
+        limit = self.config.otlp_max_body_bytes
+        if length is not None and _DIGITS.fullmatch(length) and int(length) > limit:
+            raise RunError(413, f"an OTLP body is larger than {limit} bytes (OTLP_MAX_BODY_BYTES)")
+
+    def make_reader(self, ingest: BatchIngest) -> OtlpReader:
+        project = self.request.headers.get("Langsmith-Project") or None
+        return OtlpReader(ingest, self.db, self.config, self.claim, self.encoding(), project)
+
+    async def post(self) -> None:
+        reader = self.reader
+        result = await self.commit()
+        if result is None:
+            return
+        try:
+            await tree.relink(self.db, self.ingest.tenant, reader.nodes, reader.provisional)
+        except RunError as e:  # the runs are stored; only their order waits for the next relink
+            log.warning("could not relink %d runs: %s", len(reader.nodes), e.reason)
+        self.set_status(200)
+        self.set_header("Content-Type", self.encoding())
+        self.finish(decode.response(self.encoding(), reader.rejected, reader.message))
+
+    def error_answer(self, error: RunError) -> tuple[bytes, str]:
+        return decode.status(self.encoding(), error), self.encoding()
+
+    def fail(self, error: RunError) -> None:
+        if self.linger is not None or self.lingers():
+            return super().fail(error)  # through error_answer
+        if error.status >= 500:
+            log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(error.status)
+        self.set_retry_after(error)
+        body, content_type = self.error_answer(error)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+def routes(deps: dict) -> list:
+    return [(path, TracesHandler, deps) for path in PATHS]

@@ -1,0 +1,177 @@
+"""An OTLP body into a BatchIngest: held whole (OTLP bodies cannot be parsed as a stream), bounded
+by OTLP_MAX_BODY_BYTES and counted against the memory budget, then decoded, each span mapped to a
+run (mapping.py), checked by the run field rules like any run, and stored the way every run is:
+packed in segments, rows at the end, all or nothing for the request.
+
+A span whose ids are unusable, that repeats a span of the request or one already stored, or whose
+run breaks a field rule or the run size limit, is refused alone (``rejected``, the answer's
+partial_success); everything else about the request refuses it whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from handler.base.errors import RunError
+from handler.otel import tree
+from handler.otel.decode import decode
+from handler.otel.mapping import SpanRun, attributes, span_fault, span_uuid
+from handler.runs.budget import Claim
+from handler.runs.ingest import BatchIngest
+from handler.runs.schema import FieldError, check_field
+from handler.runs.splitter import parse_run
+from handler.server.config import Settings
+from handler.store.db import Database
+
+# Decoding holds the message and the runs made of it beside the body: counted as twice the body.
+DECODE_FACTOR = 2
+_YIELD_EVERY = 256  # spans mapped between two turns of the event loop
+_MAX_REASONS = 5  # refusals named in the answer's message
+
+
+class OtlpReader:
+    def __init__(
+        self,
+        ingest: BatchIngest,
+        db: Database,
+        settings: Settings,
+        claim: Claim,
+        content_type: str,
+        project: str | None,
+    ) -> None:
+        self._ingest = ingest
+        self._db = db
+        self._settings = settings
+        self._claim = claim
+        self._content_type = content_type
+        self._project = project
+        self._body = bytearray()
+        self._decoding = 0
+        self.spans = 0
+        self.rejected = 0
+        self.reasons: list[str] = []
+        self.nodes: dict[uuid.UUID, tree.Node] = {}
+        self.provisional = False  # a parent was neither in the request nor stored
+
+    @property
+    def buffered(self) -> int:
+        return len(self._body) + self._decoding
+
+    async def feed(self, chunk: bytes) -> None:
+        limit = self._settings.otlp_max_body_bytes
+        if len(self._body) + len(chunk) > limit:
+            raise RunError(413, f"an OTLP body is larger than {limit} bytes (OTLP_MAX_BODY_BYTES)")
+        self._body += chunk
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        if len(self.reasons) < _MAX_REASONS:
+            self.reasons.append(reason)
+
+    @property
+    def message(self) -> str:
+        if not self.rejected:
+            return ""
+        more = self.rejected - len(self.reasons)
+        return "; ".join(self.reasons) + (f"; and {more} more" if more > 0 else "")
+
+    async def close(self) -> None:
+        size = len(self._body)
+        await self._claim.room(DECODE_FACTOR * size)
+        self._decoding = DECODE_FACTOR * size
+        self._claim.done_taking()
+        try:
+            request = decode(bytes(self._body), self._content_type)
+            self._body = bytearray()
+            await self._store(request)
+        finally:
+            self._body = bytearray()
+            self._decoding = 0
+            self._claim.settle()
+
+    async def _store(self, request) -> None:
+        count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        limit = self._settings.max_runs_per_batch
+        if count > limit:
+            raise RunError(413, f"{count} spans are more than {limit} (MAX_RUNS_PER_BATCH)")
+        self.spans = count
+        runs: list[SpanRun] = []
+        seen: set[bytes] = set()
+        for resource_spans in request.resource_spans:
+            resource = attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                s = scope_spans.scope
+                scope = {"name": s.name, "version": s.version}
+                if s.attributes:
+                    scope["attributes"] = attributes(s.attributes)
+                for span in scope_spans.spans:
+                    fault = span_fault(span)
+                    if fault is None and span.span_id in seen:
+                        fault = f"span {span.span_id.hex()} is repeated in the request"
+                    if fault is not None:
+                        self.reject(fault)
+                        continue
+                    seen.add(span.span_id)
+                    runs.append(SpanRun(span, resource, scope, self._project))
+        ids = [span_uuid(r.span.span_id) for r in runs]
+        parents = {r: _parent(r) for r in runs}
+        wanted = {str(i) for i in ids} | {str(p) for p in parents.values() if p is not None}
+        stored = await self._stored(sorted(wanted))
+        nodes: dict[uuid.UUID, tree.Node] = {}
+        built = []
+        for i, (run, run_id) in enumerate(zip(runs, ids, strict=True)):
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            if stored.get(run_id, (None, False))[1]:
+                self.reject(f"span {run.span.span_id.hex()} is stored already (run {run_id})")
+                continue
+            parent = parents[run]
+            try:
+                body = json.dumps(run.build(parent), ensure_ascii=False, separators=(",", ":")).encode()
+                parsed = parse_run(
+                    body,
+                    self._settings.max_run_bytes,
+                    self._settings.max_depth,
+                    f"span {run.span.span_id.hex()}",
+                )
+            except RunError as e:
+                self.reject(e.reason)
+                continue
+            nodes[run_id] = tree.Node(run_id, parsed.trace_id, parent, run.span.start_time_unix_nano)
+            built.append(parsed)
+        known = {i: order for i, (order, posted) in stored.items() if posted}
+        tree.dotted_orders(nodes, known)
+        self.provisional = any(
+            n.parent is not None and n.parent not in nodes and n.parent not in known for n in nodes.values()
+        )
+        for index, parsed in enumerate(built):
+            parsed.index = index
+            order = nodes[parsed.id].dotted_order
+            if order is not None:
+                try:
+                    check_field(parsed, "dotted_order", "string", order)
+                except FieldError:
+                    pass
+            await self._ingest.add_run(parsed)
+        self.nodes = nodes
+
+    async def _stored(self, ids: list[str]) -> dict[uuid.UUID, tuple[str | None, bool]]:
+        """The request's run ids and parents that the database has: id -> (dotted_order, posted)."""
+        if not ids:
+            return {}
+        rows = await self._db.fetch(
+            "SELECT id, dotted_order, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            (self._ingest.tenant, ids),
+        )
+        return {uuid.UUID(str(run_id)): (order, posted) for run_id, order, posted in rows}
+
+
+def _parent(run: SpanRun) -> uuid.UUID | None:
+    """The span's parent run: none for a root (no parent span, or ``langsmith.is_root`` true, as
+    LangSmith's collector proxy reads it)."""
+    span = run.span
+    if not span.parent_span_id or run.attrs.get("langsmith.is_root") is True:
+        return None
+    return span_uuid(span.parent_span_id)

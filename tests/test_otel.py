@@ -1,0 +1,296 @@
+"""OTLP/HTTP trace export into the server, from the OpenTelemetry SDK's own exporter (protobuf) and
+the OTLP JSON encoding (gzip): spans come back as runs with the README's ids, types, inputs and
+outputs, model, tokens, errors and metadata, listed in dotted_order whatever order they came in."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from google.rpc.status_pb2 import Status
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.trace import StatusCode
+
+from tests.otel import json_request, json_span, post_json, provider, random_hex, run_id, trace_uuid
+from tests.runs import list_trace
+
+
+def get_run(client, rid: str) -> dict:
+    response = client.get(f"/runs/{rid}")
+    assert response.status == 200, response.body
+    return response.json()
+
+
+def wait_for_trace(client, trace_id: str, count: int, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = list_trace(client, trace_id)
+        if len(runs) >= count or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.2)
+
+
+def traced_pipeline(tp) -> dict:
+    """A trace with GenAI, OpenInference, Traceloop and error spans; returns name -> span context."""
+    tracer = tp.get_tracer("pipeline-test", "1.2.3")
+    seen = {}
+    with tracer.start_as_current_span("agent") as root:
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", json.dumps({"question": "weather in Paris?"}))
+        root.set_attribute("input.mime_type", "application/json")
+        root.set_attribute("output.value", "It is sunny.")
+        root.set_attribute("app.user", "u-42")
+        seen["agent"] = root.get_span_context()
+        with tracer.start_as_current_span("chat gpt-4o") as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.provider.name", "openai")
+            chat.set_attribute("gen_ai.request.model", "gpt-4o")
+            chat.set_attribute("gen_ai.request.temperature", 0.2)
+            chat.set_attribute("gen_ai.request.max_tokens", 200)
+            chat.set_attribute("gen_ai.usage.input_tokens", 12)
+            chat.set_attribute("gen_ai.usage.output_tokens", 3)
+            chat.set_attribute(
+                "gen_ai.input.messages",
+                json.dumps([{"role": "user", "parts": [{"type": "text", "content": "hi"}]}]),
+            )
+            chat.set_attribute(
+                "gen_ai.output.messages",
+                json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "hello"}]}]),
+            )
+            seen["chat gpt-4o"] = chat.get_span_context()
+        with tracer.start_as_current_span("retrieve") as retrieve:
+            retrieve.set_attribute("openinference.span.kind", "RETRIEVER")
+            retrieve.set_attribute("input.value", "paris weather")
+            retrieve.set_attribute("output.value", json.dumps({"documents": ["doc1"]}))
+            seen["retrieve"] = retrieve.get_span_context()
+            with tracer.start_as_current_span("embed") as embed:
+                embed.set_attribute("openinference.span.kind", "EMBEDDING")
+                embed.set_attribute("llm.model_name", "text-embedding-3-small")
+                seen["embed"] = embed.get_span_context()
+        with tracer.start_as_current_span("oi-llm") as llm:
+            llm.set_attribute("openinference.span.kind", "LLM")
+            llm.set_attribute("llm.model_name", "claude-x")
+            llm.set_attribute("llm.provider", "anthropic")
+            llm.set_attribute("llm.invocation_parameters", json.dumps({"temperature": 0.5}))
+            llm.set_attribute("llm.input_messages.0.message.role", "user")
+            llm.set_attribute("llm.input_messages.0.message.content", "hi")
+            llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+            llm.set_attribute("llm.output_messages.0.message.content", "hey")
+            llm.set_attribute("llm.token_count.prompt", 5)
+            llm.set_attribute("llm.token_count.completion", 7)
+            llm.set_attribute("llm.token_count.total", 12)
+            seen["oi-llm"] = llm.get_span_context()
+        with tracer.start_as_current_span("workflow-task") as task:
+            task.set_attribute("traceloop.span.kind", "task")
+            task.set_attribute("traceloop.entity.name", "summarize")
+            task.set_attribute("traceloop.entity.input", json.dumps({"inputs": {"text": "long"}}))
+            task.set_attribute("traceloop.entity.output", json.dumps({"outputs": "short"}))
+            seen["summarize"] = task.get_span_context()
+        try:
+            with tracer.start_as_current_span("lookup") as tool:
+                tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                tool.add_event("progress", {"step": 1})
+                seen["lookup"] = tool.get_span_context()
+                raise KeyError("no such city")
+        except KeyError:
+            pass
+    return seen
+
+
+def check_pipeline(client, seen: dict, project: str = "default") -> None:
+    trace_id = trace_uuid(seen["agent"].trace_id)
+    runs = wait_for_trace(client, trace_id, len(seen))
+    assert len(runs) == len(seen)
+    by_name = {r["name"]: r for r in runs}
+    for name, ctx in seen.items():
+        assert by_name[name]["id"] == run_id(ctx.span_id)
+        assert by_name[name]["trace_id"] == trace_id
+        assert by_name[name]["session_name"] == project
+    root = run_id(seen["agent"].span_id)
+    assert by_name["agent"]["parent_run_id"] is None
+    for name in ("chat gpt-4o", "retrieve", "oi-llm", "summarize", "lookup"):
+        assert by_name[name]["parent_run_id"] == root
+    assert by_name["embed"]["parent_run_id"] == run_id(seen["retrieve"].span_id)
+    # Listed depth first, siblings by start time, as SDK traces are.
+    assert [r["name"] for r in runs] == [
+        "agent",
+        "chat gpt-4o",
+        "retrieve",
+        "embed",
+        "oi-llm",
+        "summarize",
+        "lookup",
+    ]
+    orders = [r["dotted_order"] for r in runs]
+    assert orders == sorted(orders)
+    assert by_name["embed"]["dotted_order"].startswith(by_name["retrieve"]["dotted_order"] + ".")
+    assert by_name["retrieve"]["dotted_order"].startswith(by_name["agent"]["dotted_order"] + ".")
+    assert {r["name"]: r["run_type"] for r in runs} == {
+        "agent": "chain",
+        "chat gpt-4o": "llm",
+        "retrieve": "retriever",
+        "embed": "embedding",
+        "oi-llm": "llm",
+        "summarize": "chain",
+        "lookup": "tool",
+    }
+    assert by_name["lookup"]["status"] == "error"
+
+    agent = get_run(client, root)
+    assert agent["inputs"] == {"question": "weather in Paris?"}
+    assert agent["outputs"] == {"output": "It is sunny."}
+    assert agent["extra"]["metadata"]["app.user"] == "u-42"
+    assert agent["extra"]["metadata"]["otel"]["scope"] == {"name": "pipeline-test", "version": "1.2.3"}
+    assert agent["extra"]["metadata"]["otel"]["resource"]["service.name"] == "otel-test"
+    assert agent["start_time"].startswith(by_name["agent"]["start_time"][:19])
+
+    chat = get_run(client, by_name["chat gpt-4o"]["id"])
+    assert chat["inputs"]["messages"][0]["parts"][0]["content"] == "hi"  # JSON kept as JSON
+    assert chat["outputs"]["messages"][0]["role"] == "assistant"
+    assert chat["outputs"]["usage_metadata"] == {"input_tokens": 12, "output_tokens": 3, "total_tokens": 15}
+    assert chat["extra"]["metadata"]["ls_model_name"] == "gpt-4o"
+    assert chat["extra"]["metadata"]["ls_provider"] == "openai"
+    assert chat["extra"]["invocation_params"] == {"temperature": 0.2, "max_tokens": 200, "model": "gpt-4o"}
+    assert "gen_ai.request.model" not in chat["extra"]["metadata"]  # taken, not repeated
+
+    retrieve = get_run(client, by_name["retrieve"]["id"])
+    assert retrieve["inputs"] == {"input": "paris weather"}
+    assert retrieve["outputs"] == {"documents": ["doc1"]}
+    embed = get_run(client, by_name["embed"]["id"])
+    assert embed["extra"]["metadata"]["ls_model_name"] == "text-embedding-3-small"
+
+    llm = get_run(client, by_name["oi-llm"]["id"])
+    assert llm["inputs"] == {"messages": [{"role": "user", "content": "hi"}]}
+    assert llm["outputs"]["messages"] == [{"role": "assistant", "content": "hey"}]
+    assert llm["outputs"]["usage_metadata"] == {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+    assert llm["extra"]["metadata"]["ls_provider"] == "anthropic"
+    assert llm["extra"]["invocation_params"]["temperature"] == 0.5
+
+    task = get_run(client, by_name["summarize"]["id"])
+    assert task["inputs"] == {"inputs": {"text": "long"}}
+    assert task["outputs"] == {"outputs": "short"}
+
+    tool = get_run(client, by_name["lookup"]["id"])
+    assert tool["error"].startswith("KeyError: 'no such city'\n\nTraceback")
+    assert [e["name"] for e in tool["events"]] == ["progress", "exception"]
+    assert tool["events"][0]["kwargs"] == {"step": 1}
+
+
+def test_sdk_exporter_batch(server, client):
+    """BatchSpanProcessor: the whole trace in one export, children listed before their parents."""
+    tp = provider(server)
+    seen = traced_pipeline(tp)
+    assert tp.force_flush(30_000)
+    tp.shutdown()
+    check_pipeline(client, seen)
+
+
+def test_sdk_exporter_children_first_in_other_requests(server, client):
+    """SimpleSpanProcessor: one export per span as it ends -- every child in a request before its
+    parent's; gzip-compressed; the project from Langsmith-Project; the /v1/traces path."""
+    tp = provider(
+        server,
+        simple=True,
+        path="/v1/traces",
+        headers={"Langsmith-Project": "otel-simple"},
+        compression=Compression.Gzip,
+    )
+    seen = traced_pipeline(tp)
+    tp.shutdown()
+    check_pipeline(client, seen, project="otel-simple")
+
+
+def test_json_gzip_and_late_parents(server, client):
+    """The OTLP JSON encoding, gzipped, on LangSmith's self-hosted path: a grandchild, then its
+    parent, then the root, each in its own request; the orders end as if they came root first."""
+    trace, root, mid, leaf = random_hex(16), random_hex(8), random_hex(8), random_hex(8)
+    t0 = 1_750_000_000_000_000_000
+    spans = {
+        "leaf": json_span(trace, leaf, "leaf", t0 + 2_000_000, mid, **{"langsmith.span.kind": "tool"}),
+        "mid": json_span(trace, mid, "mid", t0 + 1_000_000, root, **{"langsmith.span.kind": "llm"}),
+        "root": json_span(trace, root, "root", t0, **{"langsmith.span.kind": "chain"}),
+    }
+    for name in ("leaf", "mid", "root"):
+        response = post_json(client, json_request(spans[name]), path="/api/v1/otel/v1/traces")
+        assert response.status == 200, response.body
+        assert response.json() == {}
+    runs = list_trace(client, trace_uuid(trace))
+    assert [r["name"] for r in runs] == ["root", "mid", "leaf"]
+    r, m, lf = (f"20250615T150640{us:06d}Z" for us in (0, 1000, 2000))
+    assert [x["dotted_order"] for x in runs] == [
+        f"{r}{run_id(root)}",
+        f"{r}{run_id(root)}.{m}{run_id(mid)}",
+        f"{r}{run_id(root)}.{m}{run_id(mid)}.{lf}{run_id(leaf)}",
+    ]
+    assert [x["parent_run_id"] for x in runs] == [None, run_id(root), run_id(mid)]
+    assert [x["run_type"] for x in runs] == ["chain", "llm", "tool"]
+
+
+def test_json_children_and_parent_in_one_request_and_more_later(server, client):
+    """A request with a child before its parent, whose own parent comes in a later request with
+    a second child: all linked."""
+    trace, root, a, b, c = random_hex(16), random_hex(8), random_hex(8), random_hex(8), random_hex(8)
+    t0 = 1_760_000_000_000_000_000
+    first = json_request(json_span(trace, b, "b", t0 + 3_000, a), json_span(trace, a, "a", t0 + 2_000, root))
+    assert post_json(client, first, gzipped=False).status == 200
+    second = json_request(json_span(trace, root, "root", t0), json_span(trace, c, "c", t0 + 1_000, root))
+    assert post_json(client, second).status == 200
+    runs = list_trace(client, trace_uuid(trace))
+    assert [x["name"] for x in runs] == ["root", "c", "a", "b"]
+    assert all(x["dotted_order"].startswith(runs[0]["dotted_order"]) for x in runs)
+
+
+def test_partial_success_and_protobuf_answers(server, client, store):
+    """Spans with unusable ids are refused one by one (partial_success); the rest are stored. The
+    answer is an ExportTraceServiceResponse in the request's encoding."""
+    trace = random_hex(16)
+    good = json_span(trace, random_hex(8), "good", 1_700_000_000_000_000_000)
+    bad = [
+        json_span(trace, "abcd", "short span id", 1),
+        json_span(random_hex(8), random_hex(8), "short trace id", 1),
+        json_span("0" * 32, random_hex(8), "zero trace id", 1),
+        json_span(trace, random_hex(8), "parent of 3 bytes", 1, parent="abcdef"),
+        json_span(trace, good["spanId"], "repeats good", 1),
+    ]
+    response = post_json(client, json_request(good, *bad))
+    assert response.status == 200, response.body
+    answer = response.json()
+    assert answer["partialSuccess"]["rejectedSpans"] == "5"
+    assert "span_id must be 8 bytes" in answer["partialSuccess"]["errorMessage"]
+    assert [r["name"] for r in list_trace(client, trace_uuid(trace))] == ["good"]
+    # The same request again: the good span is stored already -- refused alone, nothing added.
+    before = store.snapshot()
+    again = post_json(client, json_request(good))
+    assert again.status == 200
+    assert again.json()["partialSuccess"]["rejectedSpans"] == "1"
+    assert "stored already" in again.json()["partialSuccess"]["errorMessage"]
+    store.assert_unchanged(before)
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    response = client.post(b"\x0a\x05garbage", "/otel/v1/traces", "application/x-protobuf")
+    assert response.status == 400
+    status = Status.FromString(response.body)
+    assert status.code == 3 and "ExportTraceServiceRequest" in status.message
+    empty = client.post(b"", "/otel/v1/traces", "application/x-protobuf")
+    assert empty.status == 200
+    assert ExportTraceServiceResponse.FromString(empty.body) == ExportTraceServiceResponse()
+
+
+def test_sdk_exporter_reports_success(server):
+    """The exporter's own verdict: SUCCESS, so it neither retries nor drops."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.otel import OTLPSpanExporter
+
+    memory = InMemorySpanExporter()
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(memory))
+    with tp.get_tracer("t").start_as_current_span("one") as span:
+        span.set_status(StatusCode.OK)
+    exporter = OTLPSpanExporter(endpoint=f"http://{server.client.host}:{server.client.port}/otel/v1/traces")
+    assert exporter.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
