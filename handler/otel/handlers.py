@@ -41,10 +41,10 @@ class TracesHandler(IngestHandler):
         return OtlpReader(ingest, self.db, self.config, self.claim, self.encoding(), project)
 
     async def post(self) -> None:
-        reader = self.reader
         result = await self.commit()
-        if result is None:
+        if result is None:  # answered already (refused), or nothing was read
             return
+        reader = self.reader
         try:
             await tree.relink(self.db, self.ingest.tenant, reader.nodes, reader.provisional)
         except RunError as e:  # the runs are stored; only their order waits for the next relink

@@ -23,6 +23,10 @@ from handler.runs.schema import MAX_DOTTED_ORDER_CHARS
 from handler.store.db import Database
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# PostgreSQL's btree index on (tenant, trace_id, dotted_order, id) takes entries up to 2704 bytes,
+# below the field rule's limit: a computed order stays within this (about 30 levels of spans), and
+# a run deeper than that keeps none (it is listed, by the index, before its trace's other runs).
+MAX_ORDER_CHARS = min(MAX_DOTTED_ORDER_CHARS, 2048)
 
 
 def segment(start_nanos: int, run_id: uuid.UUID) -> str:
@@ -78,7 +82,7 @@ def _order(node: Node, nodes: dict, stored: dict, keep: dict, pending: set) -> s
     if base is None:
         return None
     order = f"{base}.{own}"
-    return order if len(order) <= MAX_DOTTED_ORDER_CHARS else None
+    return order if len(order) <= MAX_ORDER_CHARS else None
 
 
 def lock_keys(tenant: str, trace_ids: Iterable[uuid.UUID]) -> list[int]:
