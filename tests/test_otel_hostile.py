@@ -135,6 +135,20 @@ def test_json_wrong_types(small, store, body):
     store.assert_unchanged(before)
 
 
+def test_lone_surrogates_in_json(small, store):
+    """JSON escapes of half a surrogate pair, in a name and in an attribute: refused, not a 5xx."""
+    trace, before = random_hex(16), store.snapshot()
+    for span in (
+        json_span(trace, random_hex(8), "\ud800 alone", 1),
+        json_span(trace, random_hex(8), "fine", 1, note="\udc00 alone"),
+    ):
+        body = json.dumps(json_request(span)).encode()
+        response = small.client.post(body, "/otel/v1/traces", "application/json", AUTH)
+        assert response.status in (200, 400), response.body
+        assert response.status == 400 or response.json()["partialSuccess"]["rejectedSpans"] == "1"
+    store.assert_unchanged(before)
+
+
 def _delimited(field: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field (to build a nesting no generated class would accept)."""
     size, length = b"", len(payload)

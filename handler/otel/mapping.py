@@ -9,12 +9,12 @@ The README's "OpenTelemetry" section has the table; the rules here are the table
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -67,6 +67,7 @@ _REQUEST_PARAM = "gen_ai.request."
 _INDEXED = re.compile(
     r"(gen_ai\.prompt|gen_ai\.completion|llm\.input_messages|llm\.output_messages)\.(\d+)\.(.+)"
 )
+_INDEXED_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.input_messages.", "llm.output_messages.")
 _MESSAGE_PREFIX = "message."
 
 
@@ -76,6 +77,18 @@ def trace_uuid(trace_id: bytes) -> uuid.UUID:
 
 def span_uuid(span_id: bytes) -> uuid.UUID:
     return uuid.UUID(bytes=_SPAN_ID_PAD + span_id)
+
+
+def trace_text(trace_id: bytes) -> str:
+    """str(trace_uuid(trace_id)), without the UUID (this is per span)."""
+    h = trace_id.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def span_text(span_id: bytes) -> str:
+    """str(span_uuid(span_id)), without the UUID."""
+    h = span_id.hex()
+    return f"00000000-0000-0000-{h[:4]}-{h[4:]}"
 
 
 def span_fault(span: Span) -> str | None:
@@ -118,8 +131,8 @@ def as_json(v):
     """A string that holds a JSON object or array, as that JSON; anything else as it is."""
     if isinstance(v, str) and v[:1] in ("{", "["):
         try:
-            return json.loads(v)
-        except ValueError:
+            return orjson.loads(v)
+        except orjson.JSONDecodeError:  # not JSON (or numbers past 64 bits): kept as the string
             return v
     return v
 
@@ -156,6 +169,7 @@ class SpanRun:
         self.resource = resource
         self.scope = scope
         self.project = project
+        self._indexed: dict | None = None  # the indexed message attributes, by prefix
 
     def take(self, key: str):
         if key in self.attrs:
@@ -172,8 +186,8 @@ class SpanRun:
     def build(self, parent: uuid.UUID | None) -> dict:
         span, attrs = self.span, self.attrs
         run: dict = {
-            "id": str(span_uuid(span.span_id)),
-            "trace_id": str(trace_uuid(span.trace_id)),
+            "id": span_text(span.span_id),
+            "trace_id": trace_text(span.trace_id),
             "name": self._name(),
             "run_type": run_type_of(attrs),
             "start_time": iso(span.start_time_unix_nano),
@@ -182,7 +196,7 @@ class SpanRun:
         if span.end_time_unix_nano:
             run["end_time"] = iso(span.end_time_unix_nano)
         if parent is not None:
-            run["parent_run_id"] = str(parent)
+            run["parent_run_id"] = span_text(span.parent_span_id)
         project = (
             self.project
             or self.take("langsmith.trace.session_name")
@@ -263,19 +277,24 @@ class SpanRun:
     def _messages(self, prefix: str) -> list | None:
         """``<prefix>.N.<field>`` attributes (``message.`` before the field optional) as a list of
         message objects, in N's order."""
+        if self._indexed is None:  # one pass over the attributes for the four prefixes
+            self._indexed = {}
+            for key, v in self.attrs.items():
+                if key.startswith(_INDEXED_PREFIXES):
+                    match = _INDEXED.fullmatch(key)
+                    if match is not None:
+                        self._indexed.setdefault(match.group(1), []).append((key, match, v))
+        items = self._indexed.get(prefix)
+        if not items:
+            return None
         found: dict[int, dict] = {}
-        for key, v in self.attrs.items():
-            if not key.startswith(prefix):
-                continue
-            match = _INDEXED.fullmatch(key)
-            if match is None or match.group(1) != prefix:
-                continue
+        for key, match, v in items:
             field = match.group(3)
             if field.startswith(_MESSAGE_PREFIX):
                 field = field[len(_MESSAGE_PREFIX) :]
             _set_path(found.setdefault(int(match.group(2)), {}), field.split("."), as_json(v))
             self.taken.add(key)
-        return [found[i] for i in sorted(found)] or None
+        return [found[i] for i in sorted(found)]
 
     def _usage(self) -> dict:
         usage = {}

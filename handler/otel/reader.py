@@ -14,13 +14,15 @@ import asyncio
 import json
 import uuid
 
+import orjson
+
 from handler.base.errors import RunError
 from handler.otel import tree
 from handler.otel.decode import decode
 from handler.otel.mapping import SpanRun, attributes, span_fault, span_uuid
 from handler.runs.budget import Claim
 from handler.runs.ingest import BatchIngest
-from handler.runs.schema import FieldError, check_field
+from handler.runs.schema import FieldError, Run, check_field, run_of
 from handler.runs.splitter import parse_run
 from handler.server.config import Settings
 from handler.store.db import Database
@@ -29,6 +31,7 @@ from handler.store.db import Database
 DECODE_FACTOR = 2
 _YIELD_EVERY = 256  # spans mapped between two turns of the event loop
 _MAX_REASONS = 5  # refusals named in the answer's message
+_PROTOBUF_DEPTH = 128  # deeper than any value a decoded request holds (upb stops at 100)
 
 
 class OtlpReader:
@@ -129,13 +132,7 @@ class OtlpReader:
                 continue
             parent = parents[run]
             try:
-                body = json.dumps(run.build(parent), ensure_ascii=False, separators=(",", ":")).encode()
-                parsed = parse_run(
-                    body,
-                    self._settings.max_run_bytes,
-                    self._settings.max_depth,
-                    f"span {run.span.span_id.hex()}",
-                )
+                parsed = self._run(run.build(parent), f"span {run.span.span_id.hex()}")
             except RunError as e:
                 self.reject(e.reason)
                 continue
@@ -157,6 +154,26 @@ class OtlpReader:
             await self._ingest.add_run(parsed)
         self.nodes = nodes
 
+    def _run(self, fields: dict, label: str) -> Run:
+        """The run of these fields, checked by the run field rules (runs/schema.py). Its bytes are
+        JSON written here, so they need no check of their grammar; their nesting is bounded by
+        protobuf's recursion limit (100), so only a MAX_DEPTH below that has them parsed again."""
+        try:
+            body = _encode(fields)
+        except UnicodeEncodeError:
+            raise RunError(400, f"{label}: a string holds an unpaired surrogate") from None
+        s = self._settings
+        if len(body) > s.max_run_bytes:
+            raise RunError(413, f"{label} is larger than {s.max_run_bytes} bytes as a run")
+        if s.max_depth < _PROTOBUF_DEPTH:
+            return parse_run(body, s.max_run_bytes, s.max_depth, label)
+        try:
+            run = run_of(fields, 0)
+        except FieldError as e:
+            raise RunError(400, f"{label}: {e}") from None
+        run.body, run.size = body, len(body)
+        return run
+
     async def _stored(self, ids: list[str]) -> dict[uuid.UUID, tuple[str | None, bool]]:
         """The request's run ids and parents that the database has: id -> (dotted_order, posted)."""
         if not ids:
@@ -166,6 +183,13 @@ class OtlpReader:
             (self._ingest.tenant, ids),
         )
         return {uuid.UUID(str(run_id)): (order, posted) for run_id, order, posted in rows}
+
+
+def _encode(fields: dict) -> bytes:
+    try:
+        return orjson.dumps(fields)
+    except TypeError:  # orjson's JSONEncodeError: an integer past 64 bits, or a lone surrogate
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _parent(run: SpanRun) -> uuid.UUID | None:
