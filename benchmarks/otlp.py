@@ -2,9 +2,9 @@
 exporter's default batch) in OTLP protobuf, in the OTLP JSON encoding, and as a /runs JSON batch
 of the runs they become, to one server process in the same session.
 
-    RUN_HANDLER_ENV=test python -m benchmarks.otlp [requests per round] [rounds]
+    RUN_HANDLER_ENV=test python -m benchmarks.otlp [requests per round] [rounds] [clients]
 
-Reports spans stored per second (wall, one client sending request after request) and the
+Reports spans stored per second (wall, with that many clients sending at once) and the
 server's CPU per span (its process CPU time over the spans), and each format's CPU per span
 against /runs. The formats take turns, round after round, so a busy machine weighs on each alike.
 """
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -101,7 +102,8 @@ def _b64_to_hex(text: str) -> str:
 
 
 def runs_batch(request: ExportTraceServiceRequest) -> bytes:
-    """The runs the spans become, as one POST /runs body (dotted_order as the OTLP path gives it)."""
+    """The runs the spans become, as one POST /runs body (the OTLP path adds only the dotted_order,
+    to the rows)."""
     runs = []
     for rs in request.resource_spans:
         for ss in rs.scope_spans:
@@ -112,7 +114,7 @@ def runs_batch(request: ExportTraceServiceRequest) -> bytes:
     return json.dumps(runs).encode()
 
 
-def main(per_round: int, rounds: int) -> None:
+def main(per_round: int, rounds: int, clients: int) -> None:
     n = per_round * rounds + 1  # each format its own spans (ids are unique), of the same shape
     bodies = {
         "OTLP protobuf": (
@@ -139,12 +141,16 @@ def main(per_round: int, rounds: int) -> None:
             next_body["OTLP protobuf"] = 1
             for _ in range(rounds):
                 for name, (path, ctype, items) in bodies.items():
-                    cpu, wall = process_cpu(server.process.pid), time.perf_counter()
-                    for _ in range(per_round):
-                        body = items[next_body[name]]
-                        next_body[name] += 1
+                    batch = items[next_body[name] : next_body[name] + per_round]
+                    next_body[name] += per_round
+
+                    def send(body: bytes, path=path, ctype=ctype, name=name) -> None:
                         response = client.post(body, path, ctype)
                         assert response.status in (200, 201), (name, response.status, response.body[:300])
+
+                    cpu, wall = process_cpu(server.process.pid), time.perf_counter()
+                    with ThreadPoolExecutor(clients) as pool:
+                        list(pool.map(send, batch))
                     totals[name][0] += time.perf_counter() - wall
                     totals[name][1] += process_cpu(server.process.pid) - cpu
                     totals[name][2] += per_round * SPANS
@@ -152,15 +158,18 @@ def main(per_round: int, rounds: int) -> None:
             server.stop()
     base = totals["/runs JSON"][1] / totals["/runs JSON"][2]
     print(
-        f"{SPANS}-span requests, {rounds} rounds of {per_round} requests per format, one client, one server process"
+        f"{SPANS}-span requests, {rounds} rounds of {per_round} requests per format,"
+        f" {clients} clients at once, one server process"
     )
     print(f"{'format':<14} {'bytes/span':>10} {'spans/s':>9} {'server CPU/span':>16} {'vs /runs':>9}")
     for name, (wall, cpu, spans) in totals.items():
         per_span = cpu / spans
         print(
-            f"{name:<14} {sizes[name]:>10.0f} {spans / wall:>9.0f} {per_span * 1e6:>13.0f} µs {per_span / base:>8.2f}×"
+            f"{name:<14} {sizes[name]:>10.0f} {spans / wall:>9.0f}"
+            f" {per_span * 1e6:>13.0f} µs {per_span / base:>8.2f}×"
         )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 4, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    args = [int(a) for a in sys.argv[1:4]]
+    main(*args, *(8, 3, 4)[len(args) :])

@@ -4,7 +4,7 @@
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
 ``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``monitor_query.txt``,
-``memory.txt``, ``concurrency.txt``, ``connections.txt`` and ``scaling.txt`` written by
+``otlp.txt``, ``memory.txt``, ``concurrency.txt``, ``connections.txt`` and ``scaling.txt`` written by
 ``make benchmark``, ``make memprofile``, ``make concurrency``, ``make connections`` and
 ``make scaling``.
 """
@@ -313,6 +313,17 @@ alone:
 
 ```
 {optional(SAVES / "splitter_cpu.txt")}
+```
+
+## OTLP export (`python -m benchmarks.otlp`)
+
+The same spans of about 4 KB (GenAI attributes: model, tokens, input and output messages as JSON),
+512 to a request as an exporter batches them, sent by one client to one server process in OTLP
+protobuf, in the OTLP JSON encoding, and as a `POST /runs` batch of the runs they become: spans
+stored per second, and the server's CPU per span (its process CPU over the spans), against /runs.
+
+```
+{optional(SAVES / "otlp.txt")}
 ```
 
 ## Memory (`make memprofile`)

@@ -294,3 +294,31 @@ def test_sdk_exporter_reports_success(server):
         span.set_status(StatusCode.OK)
     exporter = OTLPSpanExporter(endpoint=f"http://{server.client.host}:{server.client.port}/otel/v1/traces")
     assert exporter.export(memory.get_finished_spans()) == SpanExportResult.SUCCESS
+
+
+def test_parent_and_child_sent_at_once(server, client):
+    """A parent and its child (and grandchild) in requests sent at the same moment, many times:
+    whichever commits and relinks first, every trace ends linked and ordered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = 1_770_000_000_000_000_000
+    traces = []
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(12):
+            trace, root, mid, leaf = random_hex(16), random_hex(8), random_hex(8), random_hex(8)
+            traces.append((trace, root, mid, leaf))
+            requests = [
+                json_request(json_span(trace, leaf, "leaf", t0 + 2_000, mid)),
+                json_request(json_span(trace, mid, "mid", t0 + 1_000, root)),
+                json_request(json_span(trace, root, "root", t0)),
+            ]
+            answers = list(pool.map(lambda r: post_json(client, r, gzipped=False), requests))
+            assert all(a.status == 200 for a in answers), [a.body for a in answers]
+    for trace, root, mid, leaf in traces:
+        runs = list_trace(client, trace_uuid(trace))
+        assert [r["name"] for r in runs] == ["root", "mid", "leaf"]
+        assert [r["id"] for r in runs] == [run_id(root), run_id(mid), run_id(leaf)]
+        root_order = runs[0]["dotted_order"]
+        assert runs[1]["dotted_order"] == f"{root_order}.{runs[1]['dotted_order'].rsplit('.', 1)[-1]}"
+        assert runs[2]["dotted_order"].startswith(runs[1]["dotted_order"] + ".")
+        assert runs[2]["dotted_order"].count(".") == 2

@@ -384,6 +384,8 @@ class SpanRun:
             }
         otel["resource"] = self.resource
         otel["scope"] = self.scope
+        if "otel" in metadata:  # a span attribute of that name: kept, inside
+            otel["attribute"] = metadata["otel"]
         metadata["otel"] = otel
         extra: dict = {"metadata": metadata}
         if params:

@@ -114,6 +114,8 @@ _REPAIR = (
 async def relink(db: Database, tenant: str, nodes: dict[uuid.UUID, Node], provisional: bool) -> int:
     """After the request's runs are committed: link them to parents stored since, and repair the
     dotted_order of their descendants stored before them. Returns the rows repaired."""
+    if not nodes:
+        return 0
     ids = [str(i) for i in nodes]
     traces = sorted({str(n.trace_id) for n in nodes.values()})
     waiting = await db.fetch(_WAITING, (tenant, traces, ids, ids))
