@@ -113,17 +113,15 @@ class Settings:
         # One request alone must always fit: a run held whole, a full upload window, the open
         # segment and a sealed one, and the chunk being decoded (README: MAX_BUFFERED_BYTES).
         max_buffered = get_int("MAX_BUFFERED_BYTES", 256 * MIB)
-        # (An OTLP body is held whole and decoded beside itself: three times OTLP_MAX_BODY_BYTES.)
         one_request = (
-            max(get_int("MAX_RUN_BYTES", 100 * MIB), 3 * get_int("OTLP_MAX_BODY_BYTES", 32 * MIB))
+            get_int("MAX_RUN_BYTES", 100 * MIB)
             + get_int("UPLOAD_WINDOW_BYTES", 64 * MIB)
             + 2 * get_int("SEGMENT_BYTES", 4 * MIB)
             + MIB
         )
         if max_buffered < one_request:
             raise SystemExit(
-                f"run-handler: MAX_BUFFERED_BYTES ({max_buffered}) must be at least MAX_RUN_BYTES (or 3 * "
-                "OTLP_MAX_BODY_BYTES, if larger) + "
+                f"run-handler: MAX_BUFFERED_BYTES ({max_buffered}) must be at least MAX_RUN_BYTES + "
                 f"UPLOAD_WINDOW_BYTES + 2 * SEGMENT_BYTES + 1 MiB ({one_request}), so that one "
                 "request alone always fits"
             )
