@@ -183,7 +183,8 @@ class SpanRun:
                 return self.take(key)
         return None
 
-    def build(self, parent: uuid.UUID | None) -> dict:
+    def build(self, parent: str | None) -> dict:
+        """The run's fields; ``parent``, its parent run's id (text), or None for a root."""
         span, attrs = self.span, self.attrs
         run: dict = {
             "id": span_text(span.span_id),
@@ -196,7 +197,7 @@ class SpanRun:
         if span.end_time_unix_nano:
             run["end_time"] = iso(span.end_time_unix_nano)
         if parent is not None:
-            run["parent_run_id"] = span_text(span.parent_span_id)
+            run["parent_run_id"] = parent
         project = (
             self.project
             or self.take("langsmith.trace.session_name")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import orjson
 
 from handler.base.errors import RunError
 from handler.otel import tree
 from handler.otel.decode import decode
-from handler.otel.mapping import SpanRun, attributes, span_fault, span_uuid
+from handler.otel.mapping import SpanRun, attributes, span_fault, span_text
 from handler.runs.budget import Claim
 from handler.runs.ingest import BatchIngest
 from handler.runs.schema import FieldError, Run, check_field, run_of
@@ -55,7 +54,7 @@ class OtlpReader:
         self.spans = 0
         self.rejected = 0
         self.reasons: list[str] = []
-        self.nodes: dict[uuid.UUID, tree.Node] = {}
+        self.nodes: dict[str, tree.Node] = {}  # by run id (text)
         self.provisional = False  # a parent was neither in the request nor stored
 
     @property
@@ -118,11 +117,11 @@ class OtlpReader:
                         continue
                     seen.add(span.span_id)
                     runs.append(SpanRun(span, resource, scope, self._project))
-        ids = [span_uuid(r.span.span_id) for r in runs]
+        ids = [span_text(r.span.span_id) for r in runs]
         parents = {r: _parent(r) for r in runs}
-        wanted = {str(i) for i in ids} | {str(p) for p in parents.values() if p is not None}
+        wanted = set(ids) | {p for p in parents.values() if p is not None}
         stored = await self._stored(sorted(wanted))
-        nodes: dict[uuid.UUID, tree.Node] = {}
+        nodes: dict[str, tree.Node] = {}
         built = []
         for i, (run, run_id) in enumerate(zip(runs, ids, strict=True)):
             if i % _YIELD_EVERY == _YIELD_EVERY - 1:
@@ -136,16 +135,17 @@ class OtlpReader:
             except RunError as e:
                 self.reject(e.reason)
                 continue
-            nodes[run_id] = tree.Node(run_id, parsed.trace_id, parent, run.span.start_time_unix_nano)
-            built.append(parsed)
+            node = tree.Node(run_id, str(parsed.trace_id), parent, run.span.start_time_unix_nano)
+            nodes[run_id] = node
+            built.append((parsed, node))
         known = {i: order for i, (order, posted) in stored.items() if posted}
         tree.dotted_orders(nodes, known)
         self.provisional = any(
             n.parent is not None and n.parent not in nodes and n.parent not in known for n in nodes.values()
         )
-        for index, parsed in enumerate(built):
+        for index, (parsed, node) in enumerate(built):
             parsed.index = index
-            order = nodes[parsed.id].dotted_order
+            order = node.dotted_order
             if order is not None:
                 try:
                     check_field(parsed, "dotted_order", "string", order)
@@ -174,7 +174,7 @@ class OtlpReader:
         run.body, run.size = body, len(body)
         return run
 
-    async def _stored(self, ids: list[str]) -> dict[uuid.UUID, tuple[str | None, bool]]:
+    async def _stored(self, ids: list[str]) -> dict[str, tuple[str | None, bool]]:
         """The request's run ids and parents that the database has: id -> (dotted_order, posted)."""
         if not ids:
             return {}
@@ -182,7 +182,7 @@ class OtlpReader:
             "SELECT id, dotted_order, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
             (self._ingest.tenant, ids),
         )
-        return {uuid.UUID(str(run_id)): (order, posted) for run_id, order, posted in rows}
+        return {str(run_id): (order, posted) for run_id, order, posted in rows}
 
 
 def _encode(fields: dict) -> bytes:
@@ -192,10 +192,10 @@ def _encode(fields: dict) -> bytes:
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _parent(run: SpanRun) -> uuid.UUID | None:
+def _parent(run: SpanRun) -> str | None:
     """The span's parent run: none for a root (no parent span, or ``langsmith.is_root`` true, as
     LangSmith's collector proxy reads it)."""
     span = run.span
     if not span.parent_span_id or run.attrs.get("langsmith.is_root") is True:
         return None
-    return span_uuid(span.parent_span_id)
+    return span_text(span.parent_span_id)

@@ -15,7 +15,6 @@ lock per trace: of two requests holding a parent and its child, the later one to
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -29,32 +28,32 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_ORDER_CHARS = min(MAX_DOTTED_ORDER_CHARS, 2048)
 
 
-def segment(start_nanos: int, run_id: uuid.UUID) -> str:
+def segment(start_nanos: int, run_id: str) -> str:
     moment = _EPOCH + timedelta(microseconds=start_nanos // 1000)
     return f"{moment:%Y%m%dT%H%M%S%f}Z{run_id}"
 
 
 class Node:
+    """A run in the tree: ids as text (canonical UUIDs, as PostgreSQL writes them)."""
+
     __slots__ = ("id", "trace_id", "parent", "start", "dotted_order")
 
-    def __init__(self, run_id: uuid.UUID, trace_id: uuid.UUID, parent: uuid.UUID | None, start: int) -> None:
+    def __init__(self, run_id: str, trace_id: str, parent: str | None, start: int) -> None:
         self.id, self.trace_id, self.parent, self.start = run_id, trace_id, parent, start
         self.dotted_order: str | None = None
 
 
-def dotted_orders(
-    nodes: dict[uuid.UUID, Node], stored: dict[uuid.UUID, str | None], keep: dict | None = None
-) -> None:
+def dotted_orders(nodes: dict[str, Node], stored: dict[str, str | None], keep: dict | None = None) -> None:
     """Set each node's dotted_order from its parent: a node of ``nodes``, a stored run
     (``stored``: id -> dotted_order), or a stand-in for a parent not come yet (or what ``keep``
     has for the node then). Iterative (a chain of ten thousand spans in one request is no
     recursion), and a cycle of parents in a hostile request is cut where it closes. A dotted_order
     longer than the rule allows stays None, and so do its descendants'."""
     keep = keep or {}
-    done: set[uuid.UUID] = set()
+    done: set[str] = set()
     for start in nodes.values():
         chain: list[Node] = []
-        on_chain: set[uuid.UUID] = set()
+        on_chain: set[str] = set()
         node: Node | None = start
         while node is not None and node.id not in done and node.id not in on_chain:
             chain.append(node)
@@ -85,7 +84,7 @@ def _order(node: Node, nodes: dict, stored: dict, keep: dict, pending: set) -> s
     return order if len(order) <= MAX_ORDER_CHARS else None
 
 
-def lock_keys(tenant: str, trace_ids: Iterable[uuid.UUID]) -> list[int]:
+def lock_keys(tenant: str, trace_ids: Iterable[str]) -> list[int]:
     """pg_advisory_xact_lock keys for traces, sorted (so two requests lock in the same order)."""
     keys = set()
     for trace_id in trace_ids:
@@ -111,13 +110,13 @@ _REPAIR = (
 )
 
 
-async def relink(db: Database, tenant: str, nodes: dict[uuid.UUID, Node], provisional: bool) -> int:
+async def relink(db: Database, tenant: str, nodes: dict[str, Node], provisional: bool) -> int:
     """After the request's runs are committed: link them to parents stored since, and repair the
     dotted_order of their descendants stored before them. Returns the rows repaired."""
     if not nodes:
         return 0
-    ids = [str(i) for i in nodes]
-    traces = sorted({str(n.trace_id) for n in nodes.values()})
+    ids = list(nodes)
+    traces = sorted({n.trace_id for n in nodes.values()})
     waiting = await db.fetch(_WAITING, (tenant, traces, ids, ids))
     if not waiting and not provisional:
         return 0
@@ -127,10 +126,10 @@ async def relink(db: Database, tenant: str, nodes: dict[uuid.UUID, Node], provis
             (lock_keys(tenant, (n.trace_id for n in nodes.values())),),
         )
         await cur.execute(_WAITING, (tenant, traces, ids, ids))
-        waiting_ids = {uuid.UUID(str(row[0])) for row in await cur.fetchall()}
+        waiting_ids = {str(row[0]) for row in await cur.fetchall()}
         outside = {n.parent for n in nodes.values() if n.parent is not None and n.parent not in nodes}
-        await cur.execute(_CURRENT, (tenant, ids + [str(p) for p in outside]))
-        current = {uuid.UUID(str(run_id)): order for run_id, order in await cur.fetchall()}
+        await cur.execute(_CURRENT, (tenant, ids + sorted(outside)))
+        current = {str(run_id): order for run_id, order in await cur.fetchall()}
         fresh = {i: Node(n.id, n.trace_id, n.parent, n.start) for i, n in nodes.items()}
         # A run whose parent is still missing keeps what is stored: a stand-in, or a repair since.
         keep = {i: current[i] for i in fresh if i in current}
@@ -146,8 +145,8 @@ async def relink(db: Database, tenant: str, nodes: dict[uuid.UUID, Node], provis
         await cur.execute(
             _REPAIR,
             (
-                [str(r[0]) for r in repairs],
-                [str(r[1]) for r in repairs],
+                [r[0] for r in repairs],
+                [r[1] for r in repairs],
                 [r[2] for r in repairs],
                 tenant,
             ),
