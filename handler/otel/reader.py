@@ -130,12 +130,13 @@ class OtlpReader:
                 self.reject(f"span {run.span.span_id.hex()} is stored already (run {run_id})")
                 continue
             parent = parents[run]
+            fields = run.build(parent)
             try:
-                parsed = self._run(run.build(parent), f"span {run.span.span_id.hex()}")
+                parsed = self._run(fields, run.span.span_id)
             except RunError as e:
                 self.reject(e.reason)
                 continue
-            node = tree.Node(run_id, str(parsed.trace_id), parent, run.span.start_time_unix_nano)
+            node = tree.Node(run_id, fields["trace_id"], parent, run.span.start_time_unix_nano)
             nodes[run_id] = node
             built.append((parsed, node))
         known = {i: order for i, (order, posted) in stored.items() if posted}
@@ -154,10 +155,11 @@ class OtlpReader:
             await self._ingest.add_run(parsed)
         self.nodes = nodes
 
-    def _run(self, fields: dict, label: str) -> Run:
+    def _run(self, fields: dict, span_id: bytes) -> Run:
         """The run of these fields, checked by the run field rules (runs/schema.py). Its bytes are
         JSON written here, so they need no check of their grammar; their nesting is bounded by
         protobuf's recursion limit (100), so only a MAX_DEPTH below that has them parsed again."""
+        label = f"span {span_id.hex()}"  # (a run refused is named by its span)
         try:
             body = _encode(fields)
         except UnicodeEncodeError:

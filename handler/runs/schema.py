@@ -154,12 +154,12 @@ def check_required(run: Run, required: tuple[str, ...] = REQUIRED) -> None:
 def event_of(value: object) -> str:
     """The parser event a decoded JSON value starts with, for runs built as values rather than
     parsed from bytes (spans): the same rules then apply through ``check_field``."""
+    if isinstance(value, str):
+        return "string"
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, str):
-        return "string"
     if isinstance(value, int | float | Decimal):
         return "number"
     if isinstance(value, dict):
