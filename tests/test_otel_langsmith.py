@@ -96,8 +96,14 @@ def test_hybrid_mode_matches_the_usual_mode(sdk_server, db):
     assert tree(sdk_server, span_trace) == usual
     runs = {r["name"]: r for r in list_trace(sdk_server.client, span_trace, headers=AUTH)}
     assert runs["check_citations"]["status"] == "error"
+    # Inputs and outputs, sent as whole JSON strings, come back as the usual mode's JSON.
+    usual_runs = {r["name"]: r for r in list_trace(sdk_server.client, str(root), headers=AUTH)}
+    for name in ("answer_question", "retrieve_docs", "format_prompt", "chat_model", "parse_answer"):
+        span_run = sdk_server.client.get(f"/runs/{runs[name]['id']}", AUTH).json()
+        usual_run = sdk_server.client.get(f"/runs/{usual_runs[name]['id']}", AUTH).json()
+        assert span_run["inputs"] == usual_run["inputs"], name
+        assert span_run["outputs"] == usual_run["outputs"], name
     chat = sdk_server.client.get(f"/runs/{runs['chat_model']['id']}", AUTH).json()
-    assert chat["inputs"]["prompt"].startswith("Answer from the documents.")  # whole JSON, kept as JSON
     assert chat["outputs"]["choices"][0]["message"]["role"] == "assistant"
     assert chat["extra"]["metadata"]["ls_model_name"] == "tiny-test-model"
     assert chat["session_name"] == project
