@@ -47,8 +47,10 @@ class TracesHandler(IngestHandler):
         reader = self.reader
         try:
             await tree.relink(self.db, self.ingest.tenant, reader.nodes, reader.provisional)
-        except RunError as e:  # the runs are stored; only their order waits for the next relink
+        except RunError as e:  # the runs are stored: the export succeeded; only their order waits
             log.warning("could not relink %d runs: %s", len(reader.nodes), e.reason)
+        except Exception:  # a bug, still after the commit: the export succeeded
+            log.exception("could not relink %d runs", len(reader.nodes))
         self.set_status(200)
         self.set_header("Content-Type", self.encoding())
         self.finish(decode.response(self.encoding(), reader.rejected, reader.message))
