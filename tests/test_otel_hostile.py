@@ -173,6 +173,13 @@ def test_deep_attribute_nesting(small, store):
     trace = os.urandom(16)
     before = store.snapshot()
     refused(post_proto(small.client, body(trace, 200)), 400)
+    deep = {"stringValue": "leaf"}
+    for _ in range(200):
+        deep = {"arrayValue": {"values": [deep]}}
+    span = json_span(trace.hex(), os.urandom(8).hex(), "deep", 1)
+    span["attributes"] = [{"key": "deep", "value": deep}]
+    response = post_json(small.client, json_request(span), headers=AUTH)
+    assert "ExportTraceServiceRequest" in refused(response, 400, "application/json")
     store.assert_unchanged(before)
     assert post_proto(small.client, body(trace, 20)).status == 200
     assert rows_of(store, trace) == 1

@@ -44,9 +44,10 @@ def decode(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     try:
         _ids_to_base64(document)
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
-    except (json_format.ParseError, RecursionError, ValueError, TypeError, AttributeError) as e:
+        # Through the binary form once: the same nesting limit as a protobuf body (upb's decoder).
+        return ExportTraceServiceRequest.FromString(request.SerializeToString())
+    except (json_format.ParseError, DecodeError, RecursionError, ValueError, TypeError, AttributeError) as e:
         raise RunError(400, f"the body is not an OTLP ExportTraceServiceRequest: {_first_line(e)}") from None
-    return request
 
 
 def _ids_to_base64(document: dict) -> None:

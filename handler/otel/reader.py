@@ -34,6 +34,9 @@ _PROTOBUF_DEPTH = 128  # deeper than any value a decoded request holds (upb stop
 
 
 class OtlpReader:
+    """The reader of one OTLP request (``feed``, ``close``, ``buffered``, as runs/readers.py's); after
+    ``close``, what the answer and the relink need: ``rejected``, ``message``, ``nodes``."""
+
     def __init__(
         self,
         ingest: BatchIngest,
