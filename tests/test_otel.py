@@ -322,3 +322,30 @@ def test_parent_and_child_sent_at_once(server, client):
         assert runs[1]["dotted_order"] == f"{root_order}.{runs[1]['dotted_order'].rsplit('.', 1)[-1]}"
         assert runs[2]["dotted_order"].startswith(runs[1]["dotted_order"] + ".")
         assert runs[2]["dotted_order"].count(".") == 2
+
+
+def test_query_columns_of_span_runs(server, client, db):
+    """A span's run fills the query columns (tags, metadata, tokens) as a run posted to /runs does,
+    so filters and the monitor see it."""
+    trace, span = random_hex(16), random_hex(8)
+    attrs = {
+        "langsmith.span.tags": "alpha, beta",
+        "langsmith.metadata.user": "ada",
+        "gen_ai.operation.name": "chat",
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 3,
+    }
+    assert (
+        post_json(
+            client, json_request(json_span(trace, span, "tagged", 1_750_000_000_000_000_000, **attrs))
+        ).status
+        == 200
+    )
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT tags, metadata->>'user', prompt_tokens, completion_tokens, total_tokens"
+            " FROM runs WHERE id = %s",
+            (run_id(span),),
+        )
+        tags, user, prompt, completion, total = cur.fetchone()
+    assert (tags, user, prompt, completion, total) == (["alpha", "beta"], "ada", 12, 3, 15)
