@@ -349,3 +349,49 @@ def test_query_columns_of_span_runs(server, client, db):
         )
         tags, user, prompt, completion, total = cur.fetchone()
     assert (tags, user, prompt, completion, total) == (["alpha", "beta"], "ada", 12, 3, 15)
+
+
+def test_query_columns_from_values_equal_the_splitters():
+    """runs/schema.run_of gathers a run's query columns from its decoded values exactly as the
+    splitter does from its bytes: tags, metadata, every token path, search text."""
+    import orjson
+
+    from handler.query import extract
+    from handler.runs.schema import run_of
+    from handler.runs.splitter import parse_run
+
+    trace = "944ce838-b5c5-4628-8f23-089fbda8b9e3"
+    runs = [
+        {
+            "trace_id": trace,
+            "name": "a",
+            "tags": ["x", "y"],
+            "extra": {"metadata": {"user": "ada", "n": 2, "f": 0.5}},
+        },
+        {
+            "trace_id": trace,
+            "name": "b",
+            "outputs": {"usage_metadata": {"input_tokens": 12, "output_tokens": 3}},
+        },
+        {
+            "trace_id": trace,
+            "name": "c",
+            "outputs": {"generations": [[{"message": {"kwargs": {"usage_metadata": {"input_tokens": 7}}}}]]},
+            "inputs": {"q": "hello", "deep": {"list": ["one", 2.5, None, True]}},
+        },
+        {
+            "trace_id": trace,
+            "name": "d",
+            "extra": {"metadata": {"nested": {"no": 1}}, "other": [1, {"a": "b"}]},
+        },
+        {"trace_id": trace, "name": "e", "outputs": {"llm_output": {"token_usage": {"total_tokens": 1e3}}}},
+    ]
+    for chars in (0, 40):
+        extract.configure(chars)
+        try:
+            for fields in runs:
+                body = orjson.dumps(fields)
+                expected = extract.query_columns(parse_run(body, 1 << 20, 512, "run"))
+                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, fields)
+        finally:
+            extract.configure(0)

@@ -21,7 +21,7 @@ from handler.otel.decode import decode
 from handler.otel.mapping import SpanRun, attributes, span_fault, span_text
 from handler.runs.budget import Claim
 from handler.runs.ingest import BatchIngest
-from handler.runs.schema import FieldError, Run, check_field
+from handler.runs.schema import FieldError, Run, check_field, run_of
 from handler.runs.splitter import parse_run
 from handler.server.config import Settings
 from handler.store.db import Database
@@ -30,6 +30,7 @@ from handler.store.db import Database
 DECODE_FACTOR = 2
 _YIELD_EVERY = 256  # spans mapped between two turns of the event loop
 _MAX_REASONS = 5  # refusals named in the answer's message
+_PROTOBUF_DEPTH = 128  # deeper than any value a decoded request holds (upb stops at 100)
 
 
 class OtlpReader:
@@ -158,16 +159,26 @@ class OtlpReader:
         self.nodes = nodes
 
     def _run(self, fields: dict, span_id: bytes) -> Run:
-        """The run of these fields, its bytes written here and parsed like any run's: the splitter
-        checks them by the run field rules (runs/schema.py) and gathers the query columns from them
-        (handler/query/extract.py), as for a run posted to /runs."""
+        """The run of these fields, checked by the run field rules and its query columns gathered
+        (runs/schema.run_of, as the splitter does from a run's events). Its bytes are JSON written
+        here, so they need no check of their grammar; their nesting is bounded by protobuf's
+        recursion limit (100), so only a MAX_DEPTH below that has them parsed again."""
         label = f"span {span_id.hex()}"  # (a run refused is named by its span)
         try:
             body = _encode(fields)
         except UnicodeEncodeError:
             raise RunError(400, f"{label}: a string holds an unpaired surrogate") from None
         s = self._settings
-        return parse_run(body, s.max_run_bytes, s.max_depth, label)
+        if len(body) > s.max_run_bytes:
+            raise RunError(413, f"{label} is larger than {s.max_run_bytes} bytes as a run")
+        if s.max_depth < _PROTOBUF_DEPTH:
+            return parse_run(body, s.max_run_bytes, s.max_depth, label)
+        try:
+            run = run_of(fields, 0)
+        except FieldError as e:
+            raise RunError(400, f"{label}: {e}") from None
+        run.body, run.size = body, len(body)
+        return run
 
     async def _stored(self, ids: list[str]) -> dict[str, tuple[str | None, bool]]:
         """The request's run ids and parents that the database has: id -> (dotted_order, posted)."""

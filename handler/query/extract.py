@@ -178,6 +178,26 @@ class Tap:
             self.usage = [{}, {}, {}, {}, {}]
         self.usage[source].setdefault(column, value)
 
+    def values(self, field: str, value: dict | list) -> None:
+        """A tapped field given as a decoded value (a span's run, runs/schema.run_of): the calls
+        the splitter's events would make (runs/events.py), in the same order, with the same limits;
+        numbers as ijson gives them (int, or Decimal)."""
+        limits = list(self.start(field))
+        self._walk(value, 3, limits)
+
+    def _walk(self, value: dict | list, depth: int, limits: list) -> None:
+        items = value.items() if isinstance(value, dict) else ((None, item) for item in value)
+        for key, item in items:
+            if key is not None and depth <= limits[0]:
+                if depth == 3 and limits[1] < 3 and key not in self.first:
+                    limits[:] = 3, 2  # as runs/events.py: a key no path goes through
+                else:
+                    limits[:] = self.key(depth, key)
+            if isinstance(item, dict | list):
+                self._walk(item, depth + 1, limits)
+            elif depth <= limits[1]:
+                limits[:] = self.scalar(depth, Decimal(repr(item)) if isinstance(item, float) else item)
+
     def columns(self) -> tuple:
         """The values of the query columns (store/rows.RunRow, ``tags`` to ``search_text``)."""
         if not (self.tags or self.metadata or self.usage or self.texts):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from handler.query import extract
 from handler.query.extract import Tap
 
 MAX_NAME_CHARS = 1024
@@ -149,6 +150,42 @@ def check_required(run: Run, required: tuple[str, ...] = REQUIRED) -> None:
     for field in required:
         if getattr(run, field) is None:
             raise FieldError(f"{field} is required")
+
+
+def event_of(value: object) -> str:
+    """The parser event a decoded JSON value starts with, for runs built as values rather than
+    parsed from bytes (spans): the same rules then apply through ``check_field``."""
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float | Decimal):
+        return "number"
+    if isinstance(value, dict):
+        return "start_map"
+    if isinstance(value, list | tuple):
+        return "start_array"
+    raise FieldError(f"a {type(value).__name__} is no JSON value")
+
+
+def run_of(fields: dict, index: int, required: tuple[str, ...] = REQUIRED) -> Run:
+    """A run whose top-level fields are given as decoded values (JSON written by the caller): each
+    checked by its rule, its columns set, and its query columns gathered (``Tap.values``) as the
+    splitter gathers them from its events. Its bytes are the caller's (``body``, ``size``)."""
+    run = Run(index)
+    for key, value in fields.items():
+        event = event_of(value)
+        check_field(run, key, event, value, required)
+        if key in ITEM_EVENTS and event == "start_array":
+            if any(event_of(item) not in ITEM_EVENTS[key] for item in value):
+                raise FieldError(ITEM_ERRORS[key])
+        if key in extract.TAPPED and event in ("start_map", "start_array"):
+            run.tap = run.tap or Tap()
+            run.tap.values(key, value)
+    check_required(run, required)
+    return run
 
 
 def _text(key: str, value: str, max_chars: int) -> str:
