@@ -127,8 +127,10 @@ def _well_formed(field: str, value: str) -> bool:
             datetime.fromisoformat(value)
         except ValueError:
             return False
-    if field in ("dotted_order", "session_name"):
-        return len(value) <= (8192 if field == "dotted_order" else 1024) and "\x00" not in value
+    if field == "dotted_order":
+        return len(value.encode("utf-8", "surrogatepass")) <= 2048 and "\x00" not in value
+    if field == "session_name":
+        return len(value) <= 1024 and "\x00" not in value
     return True
 
 

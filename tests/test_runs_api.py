@@ -43,6 +43,21 @@ def test_client_supplied_ids_are_kept(client):
     assert client.get(f"/runs/{ids[2]}").json() == runs[2]  # stored exactly as sent
 
 
+def test_a_dotted_order_within_the_index_limit_is_stored_and_a_longer_one_is_400(client):
+    """PostgreSQL indexes dotted_order (entries up to 2704 bytes): the longest order the field rule
+    takes is stored and listed; one byte more is the client's 400, not a retried 503."""
+    trace_id = str(uuid.uuid4())
+    longest = run(trace_id=trace_id, dotted_order="é" * 1023 + "x" * 2)  # 2048 bytes of UTF-8
+    response = client.post(batch(longest))
+    assert response.status == 201, response.body
+    listed = client.get(f"/runs?trace_id={trace_id}").json()["runs"]
+    assert [r["dotted_order"] for r in listed] == [longest["dotted_order"]]
+    too_long = run(trace_id=trace_id, dotted_order="é" * 1024 + "x")  # 2049 bytes
+    response = client.post(batch(too_long))
+    assert response.status == 400
+    assert "dotted_order is longer than 2048 bytes" in response.json()["error"]
+
+
 def test_values_come_back_exactly_as_sent(client):
     response = client.post(b"[" + FIDELITY_RUN + b"]")
     assert response.status == 201

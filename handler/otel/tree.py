@@ -18,14 +18,13 @@ import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from handler.runs.schema import MAX_DOTTED_ORDER_CHARS
+from handler.runs.schema import MAX_DOTTED_ORDER_BYTES
 from handler.store.db import Database
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# PostgreSQL's btree index on (tenant, trace_id, dotted_order, id) takes entries up to 2704 bytes,
-# below the field rule's limit: a computed order stays within this (about 30 levels of spans), and
-# a run deeper than that keeps none (it is listed, by the index, before its trace's other runs).
-MAX_ORDER_CHARS = min(MAX_DOTTED_ORDER_CHARS, 2048)
+# A computed order (ASCII) stays within the field rule's limit (about 30 levels of spans); a run
+# deeper than that keeps none (it is listed, by the index, before its trace's other runs).
+MAX_ORDER_CHARS = MAX_DOTTED_ORDER_BYTES
 
 
 def segment(start_nanos: int, run_id: str) -> str:

@@ -14,7 +14,7 @@ import tornado.iostream
 import tornado.web
 
 from handler.base.errors import RunError
-from handler.runs.schema import MAX_DOTTED_ORDER_CHARS, UUID_TEXT
+from handler.runs.schema import MAX_DOTTED_ORDER_BYTES, UUID_TEXT
 from handler.store.db import Database
 from handler.store.objects import Location, ObjectStore
 
@@ -104,7 +104,7 @@ def _encode_cursor(run: dict) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         order, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(order, str) or len(order) > MAX_DOTTED_ORDER_CHARS or "\x00" in order:
+        if not isinstance(order, str) or len(order) > MAX_DOTTED_ORDER_BYTES or "\x00" in order:
             raise ValueError
         if not UUID_TEXT.fullmatch(run_id):
             raise ValueError

@@ -11,7 +11,7 @@ parts and PATCH bodies (through ``parse_run``), and later spans and feedback.
 | ``start_time``, ``end_time`` | ISO 8601 string, or epoch ms | before year 10000 | as absent | same, UTC |
 | ``parent_run_id``, ``session_id``, ``reference_example_id`` | UUID string | | as absent | same names |
 | ``session_name`` | string | 1,024 characters, no NUL | as absent | the project (``session_id``) |
-| ``dotted_order`` | string | 8,192 characters, no NUL | as absent | ``dotted_order`` |
+| ``dotted_order`` | string | 2,048 bytes of UTF-8, no NUL | as absent | ``dotted_order`` |
 | ``error`` | string | | as absent | ``status`` = error, ``error`` (its first 2,000 characters) |
 | ``inputs``, ``outputs``, ``extra`` | object | | as absent | query columns (below) |
 | ``metadata``, ``serialized`` | object | | as absent | none |
@@ -40,7 +40,9 @@ from handler.query.extract import Tap
 
 MAX_NAME_CHARS = 1024
 UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-MAX_DOTTED_ORDER_CHARS = 8192
+# Bytes, not characters: PostgreSQL's btree index on (tenant, trace_id, dotted_order, id) takes
+# entries of at most 2704 bytes, and a longer one fails the whole batch's INSERT.
+MAX_DOTTED_ORDER_BYTES = 2048
 RUN_TYPES = frozenset({"tool", "chain", "llm", "retriever", "embedding", "prompt", "parser"})
 OBJECT_FIELDS = frozenset({"inputs", "outputs", "metadata", "extra", "serialized"})
 ARRAY_FIELDS = frozenset({"events", "tags"})
@@ -50,7 +52,7 @@ ITEM_ERRORS = {"tags": "tags must be an array of strings", "events": "events mus
 # Optional scalar fields kept in PostgreSQL columns, so runs can be listed without their payloads.
 _UUID_FIELDS = frozenset({"parent_run_id", "session_id", "reference_example_id"})
 _TIME_FIELDS = frozenset({"start_time", "end_time"})
-_TEXT_FIELDS = {"session_name": MAX_NAME_CHARS, "dotted_order": MAX_DOTTED_ORDER_CHARS}
+_TEXT_FIELDS = {"session_name": MAX_NAME_CHARS, "dotted_order": MAX_DOTTED_ORDER_BYTES}
 REQUIRED = ("trace_id", "name")
 # How much of a run's error text its row keeps (the whole text stays in the run's bytes).
 ERROR_PREVIEW_CHARS = 2000
@@ -188,11 +190,14 @@ def run_of(fields: dict, index: int, required: tuple[str, ...] = REQUIRED) -> Ru
     return run
 
 
-def _text(key: str, value: str, max_chars: int) -> str:
+def _text(key: str, value: str, limit: int) -> str:
     if "\x00" in value:
         raise FieldError(f"{key} must not contain NUL characters")
-    if len(value) > max_chars:
-        raise FieldError(f"{key} is longer than {max_chars} characters")
+    if key == "dotted_order":
+        if len(value) > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
+            raise FieldError(f"{key} is longer than {limit} bytes of UTF-8")
+    elif len(value) > limit:
+        raise FieldError(f"{key} is longer than {limit} characters")
     return value
 
 
