@@ -6,6 +6,7 @@ import tornado.web
 
 from handler.base.handlers import NotFoundHandler
 from handler.read import projects, query
+from handler.retention import handlers as retention
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
 from handler.runs.ingest_handler import InFlight
@@ -31,6 +32,7 @@ def make_app(
         [
             *query.routes(deps),
             *projects.routes(deps),
+            *retention.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),
             *info.routes(deps),

@@ -69,6 +69,9 @@ class Settings:
     workers: int
     max_buffered_bytes: int = 256 * MIB
     budget_wait_seconds: float = 30
+    retention_days: int | None = None
+    retention_long_days: int | None = None
+    retention_sweep_seconds: int = 3600
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -122,6 +125,11 @@ class Settings:
         if workers < 0:
             raise SystemExit("run-handler: WORKERS cannot be negative (0 means one per CPU core)")
 
+        retention_days = _days(get("RETENTION_DAYS", ""), "RETENTION_DAYS")
+        retention_long_days = _days(get("RETENTION_LONG_DAYS", ""), "RETENTION_LONG_DAYS")
+        if get_int("RETENTION_SWEEP_SECONDS", 3600) < 0:
+            raise SystemExit("run-handler: RETENTION_SWEEP_SECONDS cannot be negative (0: never sweep)")
+
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
         except ValueError as e:
@@ -161,6 +169,9 @@ class Settings:
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
             workers=workers,
+            retention_days=retention_days,
+            retention_long_days=retention_long_days,
+            retention_sweep_seconds=get_int("RETENTION_SWEEP_SECONDS", 3600),
         )
 
     @property
@@ -168,3 +179,12 @@ class Settings:
         """The form yoyo-migrations wants."""
         user, password = quote(self.db_user, safe=""), quote(self.db_password, safe="")
         return f"postgresql://{user}:{password}@{self.db_host}:{self.db_port}/{self.db_name}"
+
+
+def _days(raw: str, name: str) -> int | None:
+    """A retention period in whole days; empty: for ever."""
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 36500:
+        raise SystemExit(f"run-handler: {name} must be a whole number of days from 1 to 36500, got {raw!r}")
+    return int(raw)

@@ -105,6 +105,11 @@ class Database:
             "options": f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
         }
 
+    def connect(self):
+        """A connection of its own, outside the pool (``async with db.connect() as conn``): for work
+        that holds one for long, such as a retention sweep and its advisory lock."""
+        return aiopg.connect(**self._connect_args())
+
     async def start(self) -> None:
         self._pool = await aiopg.create_pool(
             minsize=1, maxsize=self._settings.db_pool_size, **self._connect_args()
