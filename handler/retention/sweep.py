@@ -35,7 +35,6 @@ from handler.store.objects import ObjectStore
 log = logging.getLogger(__name__)
 
 LOCK_KEY = 0x72756E5F726574  # any constant; only sweeps take it
-PAGE_ROWS = 2000  # rows of candidates read at a time; their traces are deleted in one transaction
 _MIN_DAYS = 1  # the shortest period anything can have
 
 
@@ -114,7 +113,7 @@ class Sweep:
         self._store = store
         self._db = db
         self.defaults = Defaults(settings.retention_days, settings.retention_long_days)
-        self.page_rows = PAGE_ROWS
+        self.page_rows = settings.retention_batch_rows
 
     async def run(
         self,

@@ -72,6 +72,7 @@ class Settings:
     retention_days: int | None = None
     retention_long_days: int | None = None
     retention_sweep_seconds: int = 3600
+    retention_batch_rows: int = 2000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -127,6 +128,8 @@ class Settings:
 
         retention_days = _days(get("RETENTION_DAYS", ""), "RETENTION_DAYS")
         retention_long_days = _days(get("RETENTION_LONG_DAYS", ""), "RETENTION_LONG_DAYS")
+        if get_int("RETENTION_BATCH_ROWS", 2000) < 1:
+            raise SystemExit("run-handler: RETENTION_BATCH_ROWS must be at least 1")
         if get_int("RETENTION_SWEEP_SECONDS", 3600) < 0:
             raise SystemExit("run-handler: RETENTION_SWEEP_SECONDS cannot be negative (0: never sweep)")
 
@@ -172,6 +175,7 @@ class Settings:
             retention_days=retention_days,
             retention_long_days=retention_long_days,
             retention_sweep_seconds=get_int("RETENTION_SWEEP_SECONDS", 3600),
+            retention_batch_rows=get_int("RETENTION_BATCH_ROWS", 2000),
         )
 
     @property
