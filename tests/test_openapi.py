@@ -37,6 +37,8 @@ OPERATIONS = {
     ("get", "/sessions"),
     ("post", "/sessions"),
     ("get", "/sessions/{session_id}"),
+    ("patch", "/sessions/{session_id}"),
+    ("post", "/traces/{trace_id}/extend-retention"),
     ("get", "/info"),
     ("get", "/health"),
     ("get", "/ready"),
