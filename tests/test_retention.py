@@ -422,7 +422,15 @@ def test_the_server_sweeps_alone_under_the_lock(tmp_path, env, rdb):
                 "UPDATE runs SET created_at = created_at - interval '2 days' WHERE trace_id = %s",
                 (runs[0]["id"],),
             )
-            time.sleep(3)
+            busy = subprocess.run(
+                [sys.executable, "-m", "handler", "retain"],
+                cwd=REPO_ROOT,
+                env={**os.environ, "RUN_HANDLER_ENV": "test", **env},
+                capture_output=True,
+                text=True,
+            )
+            assert busy.returncode != 0 and "another retention sweep is running" in busy.stderr
+            time.sleep(2)
             exact(srv, A, runs)
             assert (
                 'run_handler_retention_sweeps_total{result="busy"}'
