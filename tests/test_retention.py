@@ -449,3 +449,20 @@ def test_the_server_sweeps_alone_under_the_lock(tmp_path, env, rdb):
         assert float(line.split()[1]) >= 3
     finally:
         srv.stop()
+
+
+def test_the_sdk_reads_and_updates_a_projects_retention(rserver):
+    from langsmith import Client
+
+    url = f"http://127.0.0.1:{rserver.client.port}"
+    client = Client(api_url=url, api_key=ALPHA, auto_batch_tracing=False)
+    made = client.create_project("sdk retention", description="first")
+    read = client.read_project(project_id=made.id)
+    assert read.run_count == 0 and read.name == "sdk retention"
+    updated = client.update_project(made.id, description="second", metadata={"team": "x"})
+    assert updated.description == "second" and updated.metadata == {"team": "x"}
+    # The SDK has no argument for the retention fields: PATCH them as LangSmith's API takes them.
+    body = json.dumps({"trace_tier": "longlived", "longlived_ttl_days": 400}).encode()
+    assert rserver.client.post(body, f"/sessions/{made.id}", headers=A, method="PATCH").status == 200
+    assert details(rserver, A, str(made.id))["retention"] == {"days": None, "longlived_days": None}
+    assert client.read_project(project_id=made.id).description == "second"
