@@ -466,3 +466,35 @@ def test_the_sdk_reads_and_updates_a_projects_retention(rserver):
     assert rserver.client.post(body, f"/sessions/{made.id}", headers=A, method="PATCH").status == 200
     assert details(rserver, A, str(made.id))["retention"] == {"days": None, "longlived_days": None}
     assert client.read_project(project_id=made.id).description == "second"
+
+
+def test_expired_traces_feedback_goes_with_them(rserver, env, rdb):
+    """Feedback (handler/feedback, migration 0006) of an expired trace is deleted with it. Until that
+    table is merged this test makes a stand-in with the columns the sweep uses."""
+    project(rserver, A, "with feedback", retention_days=1)
+    expiring, kept = trace("with feedback"), trace("with feedback")
+    post(rserver, A, expiring + kept)
+    with rdb.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS feedback (tenant text, id uuid, run_id uuid, trace_id uuid, key text,"
+            " PRIMARY KEY (tenant, id))"
+        )
+        for run, trace_id in (
+            (expiring[1], expiring[0]["id"]),
+            (expiring[2], None),
+            (kept[1], kept[0]["id"]),
+        ):
+            cur.execute(
+                "INSERT INTO feedback (tenant, id, run_id, trace_id, key) VALUES ('alpha', %s, %s, %s, 'k')",
+                (str(uuid.uuid4()), run["id"], trace_id),
+            )
+        cur.execute(
+            "UPDATE runs SET created_at = created_at - interval '2 days' WHERE trace_id = %s",
+            (expiring[0]["id"],),
+        )
+    retain(env)
+    gone(rserver, A, expiring)
+    exact(rserver, A, kept)
+    with rdb.cursor() as cur:
+        cur.execute("SELECT run_id::text FROM feedback WHERE key = 'k'")
+        assert [row[0] for row in cur.fetchall()] == [kept[1]["id"]]
