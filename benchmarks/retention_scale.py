@@ -11,6 +11,10 @@ against time partitions.
    ``python -m handler retain``. Prints the ingest latency (p50, p99) of both, the sweep's time and
    rate, and the runs table's size before the sweep, after it, and after the same number of runs
    is written again (space freed by deletes is reused: the table does not grow without bound).
+   ``--bloat-cycles N`` instead writes, expires, sweeps and vacuums ``--runs`` runs N times and
+   prints the table's heap and index sizes after each cycle.
+   ``--ingest-cost`` instead times ``--runs`` row inserts (500 a statement) with and without what
+   migration 0008 adds to each insert.
 2. Partitions. A scratch table partitioned by day on the received time, holding the same rows,
    against the unpartitioned one: dropping a day's partition against deleting its rows in batches,
    and 2,000 lookups by (tenant, id), the way GET /runs/{id} finds a run, with 30 partitions.
@@ -282,13 +286,100 @@ def partitions(settings: Settings, runs: int) -> dict:
     return out
 
 
+def bloat_cycles(settings: Settings, runs: int, cycles: int) -> list[dict]:
+    """Write ``runs`` runs, expire and sweep them, vacuum, ``cycles`` times: the sizes of the runs
+    table's heap and indexes after each cycle (they level off once freed space is reused)."""
+    import asyncio
+    import dataclasses
+
+    from handler.retention.sweep import Sweep
+    from handler.store.db import Database
+    from handler.store.migrations import migrate
+    from handler.store.objects import ObjectStore
+
+    db_name = "postgres_retention_bloat"
+    admin = connect(settings)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{db_name}"')
+    scratch = dataclasses.replace(settings, db_name=db_name)
+    migrate(scratch)
+
+    async def sweep() -> None:
+        store = ObjectStore(scratch)
+        await store.start()
+        try:
+            await Sweep(scratch, store, Database(scratch)).run()
+        finally:
+            await store.close()
+
+    sizes = []
+    try:
+        with cursor(settings, db_name) as cur:
+            fill(cur, "bench", "kept", runs // 10, 0)
+            for cycle in range(cycles):
+                fill(cur, "bench", f"cycle{cycle}", runs, 3)
+                asyncio.run(sweep())
+                cur.execute("VACUUM runs")
+                cur.execute("SELECT pg_table_size('runs') / 1048576, pg_indexes_size('runs') / 1048576")
+                heap, indexes = cur.fetchone()
+                sizes.append({"cycle": cycle + 1, "heap_mb": int(heap), "indexes_mb": int(indexes)})
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        admin.close()
+    return sizes
+
+
+def ingest_cost(settings: Settings, runs: int) -> dict:
+    """What 0008 adds to every insert (the index by received time and the usage triggers): ``runs``
+    rows inserted 500 to a statement, as ingestion does, with them and with them dropped."""
+    import dataclasses
+
+    from handler.store.migrations import migrate
+
+    db_name = "postgres_retention_cost"
+    admin = connect(settings)
+    result = {}
+    try:
+        for label in ("with_0008", "without"):
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+                cur.execute(f'CREATE DATABASE "{db_name}"')
+            migrate(dataclasses.replace(settings, db_name=db_name))
+            with cursor(settings, db_name) as cur:
+                if label == "without":
+                    cur.execute(
+                        "DROP TRIGGER runs_usage_insert ON runs; DROP INDEX runs_tenant_session_received_idx;"
+                        " DROP INDEX runs_unposted_received_idx"
+                    )
+                fill(cur, "bench", "warm", 5000, 0)
+                started = time.perf_counter()
+                for i in range(runs // 500):
+                    fill(cur, "bench", f"p{i}", 500, 0)
+                result[f"{label}_runs_per_second"] = round(runs / (time.perf_counter() - started))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        admin.close()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--skip-partitions", action="store_true")
+    parser.add_argument("--ingest-cost", action="store_true", help="only the insert cost of 0008")
+    parser.add_argument("--bloat-cycles", type=int, default=0, help="only the table-size cycles, this many")
     args = parser.parse_args()
     settings = Settings.from_env()
+    if args.ingest_cost:
+        print(json.dumps(ingest_cost(settings, args.runs), indent=2))
+        return
+    if args.bloat_cycles:
+        print(json.dumps(bloat_cycles(settings, args.runs, args.bloat_cycles), indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         result = {"sweep": sweep_under_ingest(settings, args.runs, args.seconds, tmp)}
     if not args.skip_partitions:
