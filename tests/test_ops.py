@@ -74,6 +74,11 @@ FAMILIES = {
     "run_handler_object_cache_reads": "counter",
     "run_handler_objects_written": "counter",
     "run_handler_object_bytes": "histogram",
+    "run_handler_retention_sweeps": "counter",
+    "run_handler_retention_traces_deleted": "counter",
+    "run_handler_retention_runs_deleted": "counter",
+    "run_handler_retention_bytes_deleted": "counter",
+    "run_handler_retention_objects_deleted": "counter",
 }
 
 

@@ -14,10 +14,11 @@ import time
 import uuid
 
 import pytest
+from yoyo import read_migrations
 
 from handler.server.config import REPO_ROOT, Settings
 from handler.store.db import Database
-from handler.store.migrations import migrate, rollback_last
+from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
 from tests.client import HttpClient
 from tests.conftest import FreshConnections, Store
 from tests.runs import batch, run, split
@@ -262,14 +263,16 @@ def test_the_segments_migration_rolls_back_only_without_packed_runs(settings):
             )
             cur.execute(insert, (str(uuid.uuid4()), str(uuid.uuid4()), "default/runs/x/whole.json", None))
             cur.execute(insert, (str(uuid.uuid4()), str(uuid.uuid4()), "default/segments/s.json", 1))
-            assert rollback_last(scratch) == 1  # 0005_sessions, which comes after segments
+            later = [m for m in read_migrations(str(SCHEMA_DIR)) if m.id > "0004_segments"]
+            for _ in later:  # 0005_sessions and what came after segments
+                assert rollback_last(scratch) == 1
             with pytest.raises(Exception, match="stored in segments"):
                 rollback_last(scratch)
             cur.execute("DELETE FROM runs WHERE object_offset IS NOT NULL")
             assert rollback_last(scratch) == 1  # whole-object rows survive the rollback
             cur.execute("SELECT count(*) FROM runs")
             assert cur.fetchone()[0] == 1
-        assert migrate(scratch) == 2  # and the migrations apply again
+        assert migrate(scratch) == 1 + len(later)  # and the migrations apply again
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')

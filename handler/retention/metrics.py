@@ -12,6 +12,8 @@ SWEEPS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+for _result in ("done", "busy", "failed"):  # each series from 0, in every process
+    SWEEPS.labels(_result)
 TRACES_DELETED = Counter(
     "run_handler_retention_traces_deleted_total", "Expired traces deleted by sweeps.", registry=REGISTRY
 )
