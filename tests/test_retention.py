@@ -498,3 +498,47 @@ def test_expired_traces_feedback_goes_with_them(rserver, env, rdb):
     with rdb.cursor() as cur:
         cur.execute("SELECT run_id::text FROM feedback WHERE key = 'k'")
         assert [row[0] for row in cur.fetchall()] == [kept[1]["id"]]
+
+
+def test_the_migration_counts_existing_runs_and_rolls_back(settings):
+    """0008 on a database with runs: each project's usage is counted from them; its rollback drops
+    what it added (the projects' retention settings with it) and leaves the runs."""
+    from yoyo import get_backend, read_migrations
+
+    from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
+
+    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_retention_migration")
+    admin = FreshConnections(settings)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
+        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
+    try:
+        backend = get_backend(scratch.db_url)
+        with backend.lock():
+            earlier = read_migrations(str(SCHEMA_DIR)).filter(lambda m: m.id < "0008_retention")
+            backend.apply_migrations(backend.to_apply(earlier))
+        with FreshConnections(scratch).cursor() as cur:
+            session = str(uuid.uuid4())
+            for size, posted in ((10, True), (20, True), (5, False)):
+                cur.execute(
+                    "INSERT INTO runs (tenant, id, trace_id, name, object_key, size_bytes, session_id,"
+                    " posted) VALUES ('t', %s, %s, 'r', %s, %s, %s, %s)",
+                    (str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex, size, session, posted),
+                )
+            assert migrate(scratch) >= 1
+            cur.execute(
+                "SELECT sum(run_count), sum(bytes) FROM session_usage WHERE session_id = %s", (session,)
+            )
+            assert cur.fetchone() == (2, 35)
+            while "0008_retention" in {
+                m.id for m in get_backend(scratch.db_url).to_rollback(read_migrations(str(SCHEMA_DIR)))
+            }:
+                assert rollback_last(scratch) == 1
+            cur.execute("SELECT to_regclass('session_usage'), to_regclass('retention_pending_objects')")
+            assert cur.fetchone() == (None, None)
+            cur.execute("SELECT count(*) FROM runs")
+            assert cur.fetchone()[0] == 3
+            assert migrate(scratch) >= 1
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')

@@ -31,10 +31,3 @@ OBJECTS_DELETED = Counter(
     "Objects deleted from the bucket by sweeps (whole runs, attachments, segments left with no live run).",
     registry=REGISTRY,
 )
-
-
-def count(report) -> None:
-    TRACES_DELETED.inc(report.traces)
-    RUNS_DELETED.inc(report.runs)
-    BYTES_DELETED.inc(report.bytes)
-    OBJECTS_DELETED.inc(report.objects)

@@ -227,9 +227,14 @@ class Sweep:
             with contextlib.suppress(psycopg2.Error, OSError):
                 await cur.execute("ROLLBACK")
             raise
+        freed = sum(run[1] for run in runs) + sum(size for _, size in attachments)
         report.traces += len(expired)
         report.runs += len(runs)
-        report.bytes += sum(run[1] for run in runs) + sum(size for _, size in attachments)
+        report.bytes += freed
+        # Counted as each batch commits, so a sweep that fails later has its work counted.
+        metrics.TRACES_DELETED.inc(len(expired))
+        metrics.RUNS_DELETED.inc(len(runs))
+        metrics.BYTES_DELETED.inc(freed)
         log.info("retain: deleted %d traces (%d runs) of tenant %s", len(expired), len(runs), tenant)
         if after_commit is not None:
             await after_commit()
@@ -251,6 +256,7 @@ class Sweep:
             await self._store.delete(dead)
         await cur.execute("DELETE FROM retention_pending_objects WHERE object_key = ANY(%s)", (keys,))
         report.objects += len(dead)
+        metrics.OBJECTS_DELETED.inc(len(dead))
 
     async def _count_dry(self, cur, report, tenant, expired) -> None:
         if not expired:
@@ -286,8 +292,6 @@ async def retain(settings: Settings, as_of: datetime | None = None, dry_run: boo
         report = await Sweep(settings, store, db).run(as_of, dry_run)
     finally:
         await store.close()
-    if not dry_run:
-        metrics.count(report)
     return report
 
 
@@ -323,6 +327,5 @@ class Sweeper:
                 metrics.SWEEPS.labels("failed").inc()
                 continue
             metrics.SWEEPS.labels("done").inc()
-            metrics.count(report)
             if report.traces or report.objects:
                 log.info("%s", report.line(False))
