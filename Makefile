@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
-.PHONY: help install concurrency services-up services-down services-status db-up db-down db-migrate \
+.PHONY: help install concurrency connections services-up services-down services-status db-up db-down db-migrate \
         db-downgrade gc compact retain server test-setup js-test-setup ui-test-setup nginx-test-setup ui-screenshot test fuzz benchmark memprofile load scaling lint lint-fix format clean
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
 	@echo "                   (WORKERS=n: its processes; URL=http://host:port: a running server instead)"
+	@echo "make connections   slow headers, a connection flood, 32 large runs refused: what clients get"
 	@echo "make scaling       make load at WORKERS=1, WORKERS=2, nginx + 2 instances, and with a worker killed"
 	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc | compact | retain"
 	@echo "make test-setup | lint | lint-fix | format | clean"
@@ -142,6 +143,16 @@ concurrency: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 8 | tee .benchmarks/concurrency.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 32 | tee -a .benchmarks/concurrency.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.concurrency 64 | tee -a .benchmarks/concurrency.txt
+
+# Hostile clients at the connection level (issue 26): slow headers, a connection flood (the server's
+# open-file limit lowered to 4096 after its start, so MAX_CONNECTIONS is set to what that limit gives),
+# and 32 clients x one run of a 90 MB string sent with Content-Length.
+connections: test-setup
+	@mkdir -p .benchmarks
+	$(TEST_ENV) $(BIN)/python -m benchmarks.connections slow-headers 3000 65 | tee .benchmarks/connections.txt
+	MAX_CONNECTIONS=3687 $(TEST_ENV) $(BIN)/python -m benchmarks.connections flood 4090 20 4096 \
+		| tee -a .benchmarks/connections.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.connections large-runs 32 90 | tee -a .benchmarks/connections.txt
 
 # 32 clients streaming batches for 60 s against one server, then every sampled run verified.
 # WORKERS= the server's processes (default 1); URL= send to a running server (or nginx) instead.

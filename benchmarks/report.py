@@ -4,8 +4,9 @@
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
 ``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``monitor_query.txt``,
-``memory.txt``, ``concurrency.txt`` and ``scaling.txt`` written by ``make benchmark``,
-``make memprofile``, ``make concurrency`` and ``make scaling``.
+``memory.txt``, ``concurrency.txt``, ``connections.txt`` and ``scaling.txt`` written by
+``make benchmark``, ``make memprofile``, ``make concurrency``, ``make connections`` and
+``make scaling``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ SAVES = Path(".benchmarks")
 CHART = Path("benchmarks/throughput.png")
 REPORT = Path("BENCHMARKS.md")
 SCALING_SUMMARY = "=== summary"  # benchmarks/scaling.py prints its table after this line
+# The three cases of make connections at 29cf23b, before issue 26 (same machine, busier).
+CONNECTIONS_BEFORE = (
+    "slow headers: 3000 connections opened in 13.3 s (0 failed); still open 10 s after the last "
+    "one opened: 3000, 65 s after: 3000\n"
+    "flood: 4090 connections opened in 18.7 s (0 failed: []); 4090 still open after holding "
+    "them 20 s; GET /health (1 s timeout) answered 18/19 while they opened, 1/20 while held, "
+    "113/113 after; server up\n"
+    "32 clients x one run of a 90 MB string with Content-Length: 15 x 201, 17 x 503 in 33 s; 17 "
+    "could not send their whole body; 0 503 without Retry-After; server up"
+)
 
 
 def newest_save() -> dict:
@@ -338,6 +349,40 @@ run. `.benchmarks/monitor_query.txt` also has the plans.
 
 ```
 {optional(SAVES / "monitor_query.txt").split("plan of the")[0].strip()}
+```
+
+## Hostile connections (`make connections`)
+
+`benchmarks/connections.py` starts a server with default settings and plays the three cases of
+issue 26 from one local client process, loopback only, every loop bounded:
+
+- **slow headers**: 3,000 connections each send `POST /runs HTTP/1.1` and one header line, then
+  nothing; how many the server still holds 10 s and 65 s after the last one opened. Before:
+  Tornado's header timeout was the server's `idle_connection_timeout` (300 s), so all 3,000 were
+  held. Now `HEADER_TIMEOUT` (60 s) closes them.
+- **flood**: such connections opened as fast as they go, held 20 s, let go, while another process
+  asks `GET /health` once a second with a 1 s timeout. The server's open-file limit is lowered to
+  4,096 once it has started (`prlimit`), so the flood fills it in seconds rather than minutes, and
+  `MAX_CONNECTIONS=3687` is what that limit gives. Before: the process ran out of descriptors
+  (`accept` failing with EMFILE), new connections waited in the listen queue, and `/health`
+  answered 1 of 20 probes while the connections were held. Now the 403 past the cap get a 503
+  and are closed, and `/health` answers every probe.
+- **large runs**: 32 clients each send one run whose input is a single 90 MB string, with
+  `Content-Length`, then read the answer. Before: 17 clients refused mid-body (503, the memory
+  budget) could not send their whole body: the server stopped reading after `LINGER_BYTES` (64 MiB)
+  and reset them, which a client that sends, then reads, reports as a network fault. Now a body
+  of declared length is read and dropped to its end while the client keeps sending.
+
+Before (code of 29cf23b, the same machine, busier):
+
+```
+{CONNECTIONS_BEFORE}
+```
+
+Now:
+
+```
+{optional(SAVES / "connections.txt")}
 ```
 
 ## Scaling (`make scaling`)

@@ -21,6 +21,7 @@ from handler.runs.ingest_handler import InFlight
 from handler.server.app import make_app
 from handler.server.auth import hash_key
 from handler.server.config import Settings, env_file
+from handler.server.connections import make_server
 from handler.server.listen import bind, check_exposure, urls
 from handler.server.workers import prepare_metrics_dir, serve_workers, worker_count
 from handler.store.db import Database
@@ -53,10 +54,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None) 
         sweeper.start()
         in_flight = InFlight()
         budget = Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
-        server = tornado.httpserver.HTTPServer(
-            make_app(settings, store, db, in_flight, budget),
-            idle_connection_timeout=300,
-        )
+        server = make_server(make_app(settings, store, db, in_flight, budget), settings)
         if sockets is not None:
             server.add_sockets(sockets)
             return await wait_and_shut_down(server, in_flight, settings.shutdown_timeout)

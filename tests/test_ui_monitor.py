@@ -1,8 +1,8 @@
 """The monitor page and its API: a project seeded with the langsmith SDK (RunTree, with start and
 end times in the past), its numbers checked in the page (the data each point and table cell
 carries, not pixels) and in /ui/api/monitor's answer against counts and percentiles computed here;
-the series for tokens and feedback checked against a database that has their column and table
-(made inside a transaction that is rolled back); and the trace list's filter links round-tripping.
+the series for tokens and feedback checked against a database that has their column (made inside a
+transaction that is rolled back) and table; and the trace list's filter links round-tripping.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def test_the_api_counts_the_seeded_project(seeded, days, step_hours):
     assert totals["runs"] == sum(w["runs"] for w in want.values())
     assert totals["errors"] == sum(w["errors"] for w in want.values())
     assert totals["p99"] == pytest.approx(percentile_cont(all_ms, 0.99), abs=0.1)
-    assert data["feedback"] is None and "tokens" not in data["series"]  # not on this schema yet
+    assert data["feedback"] == {}  # the feedback table is there (0006); this project has none
+    assert "tokens" not in data["series"]  # not on this schema yet
 
 
 def test_the_api_refuses_bad_arguments(seeded):
@@ -257,9 +258,9 @@ def test_filter_links_round_trip(browser, seeded):  # noqa: F811
 
 
 def test_tokens_and_feedback_light_up(settings, seeded):
-    """With the token column and the feedback table (as migrations 0007 and 0006 will add them),
-    the same code adds their series to the monitor and their columns to the trace list; made in a
-    transaction that is rolled back."""
+    """With the token column (as migration 0007 will add it) and feedback (the table of migration
+    0006), the same code adds their series to the monitor and their columns to the trace list; made
+    in a transaction that is rolled back."""
     _, _, session, hour = seeded
     s = settings
     conn = psycopg2.connect(
@@ -270,17 +271,14 @@ def test_tokens_and_feedback_light_up(settings, seeded):
             cur.execute("SET LOCAL lock_timeout = '5s'")
             cur.execute("ALTER TABLE runs ADD COLUMN total_tokens bigint")
             cur.execute(
-                "CREATE TABLE feedback (tenant text, id uuid, run_id uuid, trace_id uuid, key text,"
-                " score double precision, created_at timestamptz)"
-            )
-            cur.execute(
                 "UPDATE runs SET total_tokens = 10"
                 " WHERE tenant = 'viewer' AND session_id = %s AND parent_run_id IS NULL",
                 (session,),
             )
             cur.execute(
-                "INSERT INTO feedback SELECT tenant, gen_random_uuid(), id, trace_id, 'correct',"
-                " 1.0 - (status = 'error')::int, start_time FROM runs"
+                "INSERT INTO feedback (tenant, id, run_id, trace_id, key, score, created_at, modified_at)"
+                " SELECT tenant, gen_random_uuid(), id, trace_id, 'correct',"
+                " 1.0 - (status = 'error')::int, start_time, start_time FROM runs"
                 " WHERE tenant = 'viewer' AND session_id = %s AND parent_run_id IS NULL",
                 (session,),
             )

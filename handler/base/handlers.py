@@ -51,8 +51,13 @@ class JSONHandler(tornado.web.RequestHandler):
 
 
 class NotFoundHandler(JSONHandler):
+    """A path no route takes: 404 at once, saying so. (LangSmith's own API paths, /api/v1/... and
+    /api/v2/..., answer 501 instead: server/info.py.)"""
+
     def initialize(self) -> None:
         pass
 
     def prepare(self) -> None:
-        raise tornado.web.HTTPError(404)
+        what = f"{self.request.method} {self.request.path[:200]}"
+        self.set_status(404)
+        self.finish({"error": f"{what}: no such route on this server (see /openapi.json)"})

@@ -98,6 +98,33 @@ BUDGET_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+OPEN_CONNECTIONS = Gauge(
+    "run_handler_open_connections",
+    "Client connections open, those past MAX_CONNECTIONS being looked at or served included.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+"""How close each process is to MAX_CONNECTIONS (handler/server/connections.py)."""
+
+CONNECTIONS_REFUSED = Counter(
+    "run_handler_connections_refused_total",
+    "Connections past MAX_CONNECTIONS refused: answered 503 with Retry-After, or closed unanswered.",
+    ["answer"],
+    registry=REGISTRY,
+)
+for _answer in ("503", "closed"):
+    CONNECTIONS_REFUSED.labels(_answer)  # shown at 0 from the start, with WORKERS > 1 too
+
+CONNECTIONS_TIMED_OUT = Counter(
+    "run_handler_connections_timed_out_total",
+    "Connections closed because a request's headers did not arrive within HEADER_TIMEOUT (a new "
+    "connection) or KEEPALIVE_TIMEOUT (a kept-alive one).",
+    ["wait"],
+    registry=REGISTRY,
+)
+for _wait in ("header", "keepalive"):
+    CONNECTIONS_TIMED_OUT.labels(_wait)
+
 
 def exposition() -> bytes:
     """The text format of every metric: this process's, or with WORKERS > 1, all workers' summed."""

@@ -20,6 +20,7 @@ from datetime import datetime
 
 from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
+from handler.feedback.store import stats as feedback_stats
 from handler.runs.schema import RUN_TYPES, UUID_TEXT
 from handler.store.objects import Location, ObjectGone
 
@@ -194,6 +195,7 @@ class Query:
         wanted = set(COLUMNS) if select is None else {*ALWAYS, *select}
         self.columns = [c for c in COLUMNS if c in wanted]
         self.payload = sorted(PAYLOAD_FIELDS & wanted)
+        self.feedback_stats = select is None or "feedback_stats" in select
         order = f"ORDER BY {_ORDER_KEY} DESC, id DESC"
         self.sql = f"SELECT {_SQL_COLUMNS} FROM runs WHERE {' AND '.join(where)} {order} LIMIT %s"
         self.params = (*params, self.limit + 1)
@@ -270,6 +272,10 @@ class QueryHandler(JSONHandler):
                 count = await with_payloads(self.store, page, runs, query.payload)
                 more = more or count < len(page)
                 page, runs = page[:count], runs[:count]
+            if query.feedback_stats and runs:
+                found = await feedback_stats(self.db, tenant, [run["id"] for run in runs])
+                for run in runs:
+                    run["feedback_stats"] = found.get(run["id"])
         except RunError as e:
             return self.fail(e)
         last = page[-1] if page else None

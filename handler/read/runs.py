@@ -55,16 +55,18 @@ async def relay(
     location: Location,
     size: int,
     content_type: str,
+    tail: bytes = b"",
     still_stored: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Stream a run's bytes (an object, or its range of a segment) to the client.
+    """Stream a run's bytes (an object, or its range of a segment) to the client; with ``tail``,
+    the run's closing ``}`` is replaced by it (``,"feedback_stats":{...}}``: fields added last).
 
     A failure before the first byte is an error answer; after it, the status line is gone, so a
     short body and a closed connection tell the client. An object missing from the bucket whose
     row ``still_stored`` finds gone as well was deleted meanwhile (a retention sweep): 404."""
     chunks = store.read(location.key, location.offset, size)
     try:
-        first = await anext(chunks, b"")
+        held = await anext(chunks, b"")
     except ObjectGone as e:
         if still_stored is not None and not await still_stored():
             return handler.fail(RunError(404, "not found: deleted while being read"))
@@ -72,12 +74,18 @@ async def relay(
     except RunError as e:
         return handler.fail(e)
     handler.set_header("Content-Type", content_type)
-    handler.set_header("Content-Length", size)
-    handler.write(first)
+    handler.set_header("Content-Length", size - 1 + len(tail) if tail else size)
     try:
         async for chunk in chunks:
-            handler.write(chunk)
-            await handler.flush()
+            if chunk:
+                handler.write(held)
+                await handler.flush()
+                held = chunk
+        if tail:
+            if not held.endswith(b"}"):
+                raise ValueError(f"a stored run does not end with }}: {held[-20:]!r}")
+            held = held[:-1] + tail
+        handler.write(held)
     except tornado.iostream.StreamClosedError:
         return  # the client went away
     except Exception:

@@ -4,6 +4,7 @@ the reader of their format (readers.py, multipart.py); reads are read/runs.py's.
 from __future__ import annotations
 
 from handler.base.errors import RunError
+from handler.feedback.store import stats_tail
 from handler.read.runs import relay, trace_page, uuid_argument
 from handler.runs.ingest import BatchIngest
 from handler.runs.ingest_handler import IngestHandler
@@ -94,6 +95,7 @@ class RunHandler(IngestHandler):
         try:
             run = uuid_argument(run_id, "run id")
             found = await self.db.find_run(tenant, run)
+            tail = await stats_tail(self.db, tenant, run_id) if found is not None else b""
         except RunError as e:
             return self.fail(e)
         if found is None:
@@ -102,7 +104,7 @@ class RunHandler(IngestHandler):
         async def still_stored() -> bool:
             return await self.db.find_run(tenant, run) is not None
 
-        await relay(self, self.store, found.location, found.size, "application/json", still_stored)
+        await relay(self, self.store, found.location, found.size, "application/json", tail, still_stored)
 
 
 class AttachmentHandler(IngestHandler):
@@ -127,7 +129,7 @@ class AttachmentHandler(IngestHandler):
         async def still_stored() -> bool:
             return await self.db.find_attachment(tenant, run, name) is not None
 
-        await relay(self, self.store, Location(key), size, content_type, still_stored)
+        await relay(self, self.store, Location(key), size, content_type, still_stored=still_stored)
 
 
 def routes(ingest_deps: dict) -> list[tuple]:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 
 from handler.base.errors import RunError
+from handler.feedback.schema import FeedbackRow
 from handler.runs.merge import build_object, merged, object_fields
 from handler.runs.schema import REQUIRED, Run
 from handler.runs.splitter import RunPart, parse_run
@@ -83,6 +84,8 @@ class BatchIngest:
         self._patched: list[uuid.UUID] = []
         self._in_parts: dict[int, PartsUpload] = {}  # by run index, while the run arrives
         self._superseded: list[Location] = []  # what no run points at once this request commits
+        self._feedback: dict[uuid.UUID, FeedbackRow] = {}  # written with the rows, held until then
+        self._feedback_bytes = 0
 
     @property
     def aborted(self) -> bool:
@@ -98,8 +101,10 @@ class BatchIngest:
 
     @property
     def held_bytes(self) -> int:
-        """Bytes held for this request's uploads: in flight, waiting to start, the open segment."""
-        return self._uploads.held_bytes + (self._packer.held_bytes if self._packer is not None else 0)
+        """Bytes held for this request's uploads (in flight, waiting to start, the open segment)
+        and its feedback."""
+        packed = self._packer.held_bytes if self._packer is not None else 0
+        return self._uploads.held_bytes + packed + self._feedback_bytes
 
     async def add_run(self, run: Run) -> None:
         """A run to create; its upload starts now (or when its segment is sealed)."""
@@ -192,6 +197,18 @@ class BatchIngest:
         await self._uploads.put(key, data, "attachment", content_type)
         self._attachments.append(Attachment(run_id, name, key, content_type, len(data)))
 
+    def add_feedback(self, row: FeedbackRow, size: int, index: int | None = None) -> None:
+        """A feedback (checked by feedback/schema.py), written in the transaction of the rows and
+        held until then: at most MAX_RUN_BYTES of it per request, as one run."""
+        where = f"part {index}: " if index is not None else ""
+        if row.id in self._feedback:
+            raise RunError(409, f"{where}feedback {row.id} is repeated in the body", index)
+        self._feedback_bytes += size
+        if self._feedback_bytes > self._settings.max_run_bytes:
+            limit = self._settings.max_run_bytes
+            raise RunError(413, f"{where}the feedback of one body is more than {limit} bytes", index)
+        self._feedback[row.id] = row
+
     async def commit(self) -> dict[str, list[str]]:
         """The request has ended: wait for the uploads, then write every row in one transaction.
 
@@ -205,10 +222,13 @@ class BatchIngest:
             await self._wait_uploads()
             await self._write()
         await self._drop_superseded()
-        return {
+        result = {
             "ids": [str(i) for i in self._posted],
             "patched": [str(i) for i in dict.fromkeys(self._patched)],
         }
+        if self._feedback:
+            result["feedback"] = [str(i) for i in self._feedback]
+        return result
 
     async def _wait_uploads(self) -> None:
         if self._packer is not None:
@@ -218,7 +238,11 @@ class BatchIngest:
     async def _write(self) -> None:
         try:
             await self._db.write_batch(
-                self.tenant, list(self._rows.values()), list(self._replaced.values()), self._attachments
+                self.tenant,
+                list(self._rows.values()),
+                list(self._replaced.values()),
+                self._attachments,
+                list(self._feedback.values()),
             )
         except RunError as e:
             index = self._index.get(e.run_id)
@@ -283,7 +307,7 @@ class BatchIngest:
         while loop.time() < deadline:
             await asyncio.sleep(_SETTLE_EVERY_S)
             try:
-                found = await self._db.count_committed(keys, backend)
+                found = await self._db.count_committed(keys, backend, self.tenant, list(self._feedback))
             except Exception as e:  # the database is still away: try again
                 log.debug("settling: %s", e)
                 continue

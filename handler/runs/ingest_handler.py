@@ -19,7 +19,7 @@ from tornado.ioloop import IOLoop
 from handler.base import metrics
 from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
-from handler.runs.budget import Budget, Claim
+from handler.runs.budget import Budget, Busy, Claim
 from handler.runs.decompress import decoder_for
 from handler.runs.ingest import BatchIngest
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # a bare 400 and closes) is lifted for this route so ours always speaks first.
 _NO_TORNADO_LIMIT = 1 << 62
 _DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also takes "²", which int() refuses
+_CONTINUE_BYTES = 64 * 1024  # Tornado's first chunk of a body
 
 
 class InFlight:
@@ -63,7 +64,10 @@ class Linger:
     dropped (see IngestHandler.fail)."""
 
     sent: Future  # the answer's write to the socket
-    timer: object  # IOLoop timeout handle: the linger's time limit
+    timer: object  # IOLoop timeout handle: the linger's next look at the time
+    limit: int  # the most bytes dropped
+    started: float = 0.0
+    last: float = 0.0  # when the last byte came
     discarded: int = 0
 
 
@@ -110,6 +114,8 @@ class IngestHandler(JSONHandler):
             self.check_content_type(self.request.headers.get("Content-Type", ""))
             if length is not None and _DIGITS.fullmatch(length) and int(length) > self.config.max_body_bytes:
                 raise RunError(413, f"body is larger than {self.config.max_body_bytes} bytes")
+            if self.request.headers.get("Expect", "").lower() == "100-continue":
+                self.check_room_to_continue()
             self.decoder = decoder_for(
                 self.request.headers.get("Content-Encoding"), self.config.max_body_bytes
             )
@@ -118,12 +124,22 @@ class IngestHandler(JSONHandler):
         except RunError as e:
             return self.fail(e)
         self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
+        self.request.connection.set_body_timeout(None)  # BODY_IDLE_TIMEOUT is between bytes here
         self.in_flight.enter()
         self.counted = True
         metrics.BATCHES_IN_FLIGHT.inc()
         if self.config.body_idle_timeout:
             self.idle_since = IOLoop.current().time()
             self.watch_idle()
+
+    def check_room_to_continue(self) -> None:
+        """Tornado sends "100 Continue" once prepare() is done, and a client waiting for it has
+        sent nothing yet: when the memory budget is full, or requests already wait for room in it,
+        it is answered 503 now rather than made to send a body that would wait or be refused."""
+        budget = self.claim.budget
+        if budget.waiting or budget.held + _CONTINUE_BYTES > budget.max_bytes:
+            metrics.BUDGET_REFUSED.inc()
+            raise Busy(budget.retry_after)
 
     def watch_idle(self) -> None:
         """A client that stops sending mid-body would hold its batch open for ever: after
@@ -166,7 +182,8 @@ class IngestHandler(JSONHandler):
         self.receiving = True
         if self.linger is not None:
             self.linger.discarded += len(chunk)
-            if self.linger.discarded > self.config.linger_bytes:
+            self.linger.last = IOLoop.current().time()
+            if self.linger.discarded > self.linger.limit:
                 self.end_linger()
             return
         if self.ingest is None or self._finished or self.ingest.aborted:
@@ -225,8 +242,9 @@ class IngestHandler(JSONHandler):
         sending, and the reset destroys the answer before the client reads it (Node's fetch then
         reports ECONNRESET, not the 400). So, as nginx's lingering close does, the answer is sent
         (with ``Connection: close``) and the rest of the body read and dropped, for at most
-        LINGER_SECONDS and LINGER_BYTES; then the connection is closed. Nothing of the dropped
-        bytes is held, decoded or counted against a limit."""
+        LINGER_SECONDS and LINGER_BYTES -- or, when the body's length is declared (within
+        MAX_BODY_BYTES), up to its end while the client keeps sending (watch_linger); then the
+        connection is closed. Nothing of the dropped bytes is held, decoded or counted."""
         if self.linger is not None:
             return  # answered already
         if not self.lingers():
@@ -244,9 +262,16 @@ class IngestHandler(JSONHandler):
         # A refusal in prepare() comes before the body limit is lifted: lift it, or Tornado would
         # answer a long Content-Length with its own bare 400 after ours.
         self.request.connection.set_max_body_size(_NO_TORNADO_LIMIT)
+        self.request.connection.set_body_timeout(None)
         sent = self.flush()
-        timer = IOLoop.current().call_later(self.config.linger_seconds, self.end_linger)
-        self.linger = Linger(sent, timer)
+        loop = IOLoop.current()
+        rest = self.declared_rest()
+        if rest is not None and rest > self.config.linger_bytes and self.config.linger_max_seconds:
+            timer = loop.call_later(1, self.watch_linger)
+            self.linger = Linger(sent, timer, rest, loop.time(), loop.time())
+        else:
+            timer = loop.call_later(self.config.linger_seconds, self.end_linger)
+            self.linger = Linger(sent, timer, self.config.linger_bytes)
         self.leave_in_flight()  # the batch is undone: a shutdown need not wait for the linger
 
     def lingers(self) -> bool:
@@ -264,9 +289,34 @@ class IngestHandler(JSONHandler):
             and (self.receiving or self.request.headers.get("Expect", "").lower() != "100-continue")
         )
 
+    def declared_rest(self) -> int | None:
+        """What is left of a body whose Content-Length is declared within MAX_BODY_BYTES."""
+        length = self.request.headers.get("Content-Length")
+        if length is None or not _DIGITS.fullmatch(length) or int(length) > self.config.max_body_bytes:
+            return None
+        return int(length) - self.body_bytes
+
+    def watch_linger(self) -> None:
+        """A linger up to a declared Content-Length, looked at once a second: it lasts while the
+        client keeps sending -- a byte at least every LINGER_SECONDS, and fast enough for the rest
+        to arrive within LINGER_MAX_SECONDS of the answer (else it would be reset anyway)."""
+        linger = self.linger
+        if linger is None:
+            return
+        now = IOLoop.current().time()
+        elapsed, left = now - linger.started, linger.limit - linger.discarded
+        limit = self.config.linger_max_seconds
+        idle = now - linger.last >= self.config.linger_seconds
+        # At the rate so far, the rest would not arrive in time (checked from 2 s on).
+        too_slow = elapsed >= 2 and left * elapsed > linger.discarded * (limit - elapsed)
+        if idle or too_slow or elapsed >= limit:
+            self.end_linger()
+        else:
+            linger.timer = IOLoop.current().call_later(1, self.watch_linger)
+
     def end_linger(self) -> None:
-        """The dropped body has ended, or passed LINGER_BYTES, or LINGER_SECONDS are up: finish
-        the answer and close the connection."""
+        """The dropped body has ended, or passed its limit, or the time is up: finish the answer
+        and close the connection."""
         linger, self.linger = self.linger, None
         if linger is None or self._finished:
             return

@@ -1,10 +1,11 @@
 """POST /runs/multipart: LangSmith's multipart/form-data ingestion, parsed as it streams in.
 
 The parts of one run come together: ``post.<id>`` (the run without its payloads), then
-``post.<id>.inputs``, ``.outputs``, ... (one payload field each), likewise ``patch.<id>...``, and
-``attachment.<id>.<name>`` (a file). A run is complete when a part of another run (or the end)
-arrives; its parts are then joined into one JSON object and checked like any run of a batch.
-Only the run being received is held in memory, bounded by the run size limit.
+``post.<id>.inputs``, ``.outputs``, ... (one payload field each), likewise ``patch.<id>...``,
+``attachment.<id>.<name>`` (a file), and ``feedback.<id>`` (a feedback, checked by
+feedback/schema.py, written in the body's transaction). A run is complete when a part of another
+run (or the end) arrives; its parts are then joined into one JSON object and checked like any run
+of a batch. Only the run being received is held in memory, bounded by the run size limit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from handler.base.errors import RunError
+from handler.feedback.schema import parse as parse_feedback
 from handler.runs.ingest import BatchIngest
 from handler.runs.jsonbytes import check_json_value
 from handler.runs.schema import REQUIRED, UUID_TEXT
@@ -25,6 +27,7 @@ from handler.server.config import Settings
 PAYLOAD_FIELDS = ("inputs", "outputs", "events", "error", "extra", "serialized")
 _RUN_PART = re.compile(rf"(post|patch)\.({UUID_TEXT.pattern})(?:\.({'|'.join(PAYLOAD_FIELDS)}))?")
 _ATTACHMENT_PART = re.compile(rf"attachment\.({UUID_TEXT.pattern})\.([^\x00-\x1f/\\]{{1,255}})")
+_FEEDBACK_PART = re.compile(rf"feedback\.({UUID_TEXT.pattern})")
 _NAME = re.compile(rb'(?:^|;)\s*name="([^"]*)"')
 _CONTENT_TYPE = re.compile(r"[\x21-\x7e]+/[\x21-\x7e]+")
 
@@ -53,6 +56,7 @@ class MultipartReader:
     def __init__(self, boundary: bytes, ingest: BatchIngest, settings: Settings) -> None:
         self._ingest = ingest
         self._max_part_bytes = settings.max_run_bytes
+        self._max_feedback_bytes = settings.max_feedback_bytes
         self._max_depth = settings.max_depth
         self._max_runs = settings.max_runs_per_batch
         self._runs = 0  # runs and patches begun
@@ -161,14 +165,31 @@ class MultipartReader:
             await self._ingest.add_attachment(
                 uuid.UUID(match.group(1)), match.group(2), content_type, bytes(part.data)
             )
+        elif match := _FEEDBACK_PART.fullmatch(name):
+            await self._flush_run()
+            await self._take_feedback(part, name, uuid.UUID(match.group(1)))
         else:
             raise RunError(
                 400,
                 f"part {part.index}: unknown part name {name!r}; expected post.<id>[.<field>], "
-                f"patch.<id>[.<field>] or attachment.<id>.<name>, with <field> one of "
+                f"patch.<id>[.<field>], attachment.<id>.<name> or feedback.<id>, with <field> one of "
                 f"{', '.join(PAYLOAD_FIELDS)}",
                 part.index,
             )
+
+    async def _take_feedback(self, part: _Part, name: str, feedback_id: uuid.UUID) -> None:
+        """A feedback part, checked as POST /feedback checks its body."""
+        self._runs += 1  # counts towards MAX_RUNS_PER_BATCH with the runs and patches
+        if self._runs > self._max_runs:
+            raise RunError(
+                413, f"part {part.index}: more than {self._max_runs} runs, patches and feedback", part.index
+            )
+        label = f"part {part.index} ({name})"
+        if len(part.data) > self._max_feedback_bytes:
+            limit = self._max_feedback_bytes
+            raise RunError(413, f"{label}: a feedback is at most {limit} bytes", part.index)
+        row = parse_feedback(bytes(part.data), label, self._max_depth, part.index, feedback_id)
+        self._ingest.add_feedback(row, len(part.data), part.index)
 
     async def _flush_run(self) -> None:
         """The parts of one run are all in: join them and hand the run on."""

@@ -69,6 +69,11 @@ class Settings:
     workers: int
     max_buffered_bytes: int = 256 * MIB
     budget_wait_seconds: float = 30
+    header_timeout: float = 60
+    keepalive_timeout: float = 75
+    max_connections: int = 0  # 0: derived from the open-file limit (handler/server/connections.py)
+    linger_max_seconds: float = 60
+    max_feedback_bytes: int = MIB
     retention_days: int | None = None
     retention_long_days: int | None = None
     retention_sweep_seconds: int = 3600
@@ -126,6 +131,9 @@ class Settings:
         if workers < 0:
             raise SystemExit("run-handler: WORKERS cannot be negative (0 means one per CPU core)")
 
+        for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "LINGER_MAX_SECONDS"):
+            if get_int(name, 0) < 0:
+                raise SystemExit(f"run-handler: {name} cannot be negative")
         retention_days = _days(get("RETENTION_DAYS", ""), "RETENTION_DAYS")
         retention_long_days = _days(get("RETENTION_LONG_DAYS", ""), "RETENTION_LONG_DAYS")
         if get_int("RETENTION_BATCH_ROWS", 2000) < 1:
@@ -171,7 +179,12 @@ class Settings:
             linger_bytes=get_int("LINGER_BYTES", 64 * MIB),
             max_buffered_bytes=max_buffered,
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
+            max_feedback_bytes=get_int("MAX_FEEDBACK_BYTES", MIB),
             workers=workers,
+            header_timeout=get_int("HEADER_TIMEOUT", 60),
+            keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 75),
+            max_connections=get_int("MAX_CONNECTIONS", 0),
+            linger_max_seconds=get_int("LINGER_MAX_SECONDS", 60),
             retention_days=retention_days,
             retention_long_days=retention_long_days,
             retention_sweep_seconds=get_int("RETENTION_SWEEP_SECONDS", 3600),

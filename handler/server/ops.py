@@ -115,7 +115,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     objects = getattr(handler, "object_count", 0)
     if status < 400:
         level = logging.INFO
-    elif status < 500:
+    elif status < 500 or status == 501:  # 501: a route not served (server/info.py), the client's call
         level = logging.WARNING
     else:
         level = logging.ERROR

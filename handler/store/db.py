@@ -15,6 +15,9 @@ import psycopg2
 import psycopg2.errors
 
 from handler.base.errors import RunError
+from handler.feedback.schema import FeedbackRow
+from handler.feedback.store import INSERT as INSERT_FEEDBACK
+from handler.feedback.store import conflict_message, insert_params
 from handler.read.sessions import UPSERT as UPSERT_SESSIONS
 from handler.read.sessions import with_sessions
 from handler.server.config import Settings
@@ -126,11 +129,13 @@ class Database:
         rows: Sequence[RunRow],
         replacements: Sequence[Replacement] = (),
         attachments: Sequence[Attachment] = (),
+        feedback: Sequence[FeedbackRow] = (),
     ) -> None:
-        """Insert the new runs, repoint the patched ones and add the attachments, all or none.
+        """Insert the new runs, repoint the patched ones and add the attachments and the
+        feedback, all or none.
 
         New runs alone take one statement, which is its own transaction (one round trip); with
-        patches or attachments the statements run in one transaction.
+        patches, attachments or feedback the statements run in one transaction.
 
         Raises RunError 409 if an id already exists or a patched run changed meanwhile,
         WrittenMeanwhile for runs that another request stored meanwhile and that can be merged
@@ -138,7 +143,7 @@ class Database:
         written, and CommitUnknown if the connection broke while the commit may have happened
         and the outcome could not be settled.
         """
-        if not (rows or replacements or attachments):
+        if not (rows or replacements or attachments or feedback):
             return
         # Each run's project: its id filled in, and created with the rows if it is new.
         resolved, projects = with_sessions(tenant, [*rows, *(r.row for r in replacements)])
@@ -153,8 +158,10 @@ class Database:
             raise database_error(e) from e  # nothing was sent
         try:
             async with conn.cursor() as cur:
-                if replacements or attachments:
-                    await self._begin_and_write(cur, tenant, rows, replacements, attachments, sessions)
+                if replacements or attachments or feedback:
+                    await self._begin_and_write(
+                        cur, tenant, rows, replacements, attachments, sessions, feedback
+                    )
                     committing: tuple = ("COMMIT", None)
                 elif sessions:  # still one statement: the projects' upsert is a CTE of the insert
                     statement = f"WITH s AS ({UPSERT_SESSIONS}) {INSERT}"
@@ -168,9 +175,9 @@ class Database:
                 except psycopg2.Error as e:
                     if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
                         raise statement_error(e) from e  # the server rolled it back
-                    await self._settle(rows, replacements, attachments, backend, e)
+                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback)
                 except (OSError, TimeoutError) as e:
-                    await self._settle(rows, replacements, attachments, backend, e)
+                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback)
         finally:
             self._pool.release(conn)
 
@@ -182,6 +189,7 @@ class Database:
         replacements: Sequence[Replacement],
         attachments: Sequence[Attachment],
         sessions: tuple | None,
+        feedback: Sequence[FeedbackRow] = (),
     ) -> None:
         """Every statement of write_batch but the COMMIT, in a transaction that is rolled back if
         any fails: until COMMIT is sent nothing can be stored."""
@@ -199,6 +207,8 @@ class Database:
                     raise RunError(409, "a patched run was changed by another request meanwhile; retry")
             if attachments:
                 await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
+            if feedback:  # after the runs: a feedback without a trace_id takes its run's
+                await cur.execute(INSERT_FEEDBACK, insert_params(tenant, feedback))
         except BaseException as e:
             with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
                 await cur.execute("ROLLBACK")
@@ -217,23 +227,32 @@ class Database:
         attachments: Sequence[Attachment],
         backend: tuple[int, int],
         error: Exception,
+        tenant: str = "",
+        feedback: Sequence[FeedbackRow] = (),
     ) -> None:
         """Returns if the transaction committed after all, raises database_error if it surely did
         not, CommitUnknown if that cannot be told now."""
         keys = committed_keys(rows, replacements, attachments)
+        feedback_ids = [f.id for f in feedback]
         try:
-            found = await self.count_committed(keys, backend)
+            found = await self.count_committed(keys, backend, tenant, feedback_ids)
         except (psycopg2.Error, OSError, TimeoutError, RunError):
             raise CommitUnknown(error, backend) from error
-        if found == len(keys):
+        if found == len(keys) + len(feedback_ids):
             return
         if found == 0:
             raise database_error(error) from error
         raise CommitUnknown(error, backend) from error
 
-    async def count_committed(self, keys: Sequence[str], backend: tuple[int, int]) -> int:
-        """How many rows (of runs and attachments) point at these object keys, once the backend
-        that ran the insert is gone.
+    async def count_committed(
+        self,
+        keys: Sequence[str],
+        backend: tuple[int, int],
+        tenant: str = "",
+        feedback_ids: Sequence[uuid.UUID] = (),
+    ) -> int:
+        """How many rows (of runs and attachments) point at these object keys, plus how many of
+        these feedback ids the tenant has, once the backend that ran the insert is gone.
 
         The backend may still be running the statement after our side of the connection broke;
         it is terminated and waited for, so it cannot commit after we have looked. ``backend`` is
@@ -256,14 +275,17 @@ class Database:
                 raise RunError(503, f"backend {pid} did not exit")
             await cur.execute(
                 "SELECT (SELECT count(*) FROM runs WHERE object_key = ANY(%s))"
-                " + (SELECT count(*) FROM run_attachments WHERE object_key = ANY(%s))",
-                (list(keys), list(keys)),
+                " + (SELECT count(*) FROM run_attachments WHERE object_key = ANY(%s))"
+                " + (SELECT count(*) FROM feedback WHERE tenant = %s AND id = ANY(%s::uuid[]))",
+                (list(keys), list(keys), tenant, [str(i) for i in feedback_ids]),
             )
             return (await cur.fetchone())[0]
 
     async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error) -> None:
         """A unique key was taken (nothing was written): a 409 if a run was posted twice, else the
         runs to merge with what another request stored meanwhile (WrittenMeanwhile)."""
+        if error.diag.constraint_name == "feedback_pkey":
+            raise RunError(409, conflict_message(error.diag.message_detail)) from error
         if error.diag.constraint_name == "run_attachments_pkey":
             raise RunError(409, "an attachment of that name already exists for the run") from error
         found = await self._fetch(

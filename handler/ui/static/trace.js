@@ -1,4 +1,5 @@
-// The trace page: the run tree as a waterfall; a selected run's inputs, outputs, metadata, error.
+// The trace page: the run tree as a waterfall; a selected run's inputs, outputs, metadata, error
+// and feedback.
 "use strict";
 (() => {
   const { api, guarded, message, el, duration, when } = UI;
@@ -98,12 +99,13 @@
       ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v || "" })]));
     const bodyEl = document.getElementById("detail-body");
     bodyEl.replaceChildren(el("p", { text: "Loading…" }));
-    const stored = await api("runs/" + run.id);
+    const [stored, feedback] = await Promise.all([api("runs/" + run.id), api("feedback?limit=100&run=" + run.id)]);
     if (selected !== row) return;
     const sections = [["Error", stored.error], ["Inputs", stored.inputs], ["Outputs", stored.outputs],
       ["Metadata", (stored.extra || {}).metadata], ["Tags", stored.tags]];
     bodyEl.replaceChildren(...sections.filter(([, v]) => v !== undefined && v !== null).map(([title, value]) =>
       el("section", { class: "field field-" + title.toLowerCase() }, el("h3", { text: title }), field(title, value))));
+    if (feedback.length) bodyEl.prepend(feedbackSection(feedback));
   }
 
   // Inputs and outputs that hold messages show as a chat (ChatView); anything else as JSON.
@@ -112,6 +114,18 @@
     const chat = (title === "Inputs" || title === "Outputs") && ChatView.section(value, tools);
     if (chat) return chat;
     return typeof value === "string" ? longText(value, "error-block") : JsonView.render(value);
+  }
+
+  // The run's feedback, newest first: key, score or value, comment (the first 100).
+  function feedbackSection(feedback) {
+    const shown = (f) => f.score !== null ? String(f.score)
+      : f.value === null ? "" : typeof f.value === "string" ? f.value : JSON.stringify(f.value);
+    const rows = feedback.map((f) => el("tr", { class: "feedback-row", "data-key": f.key },
+      el("td", { class: "feedback-key", text: f.key }), el("td", { class: "feedback-score", text: shown(f) }),
+      el("td", { class: "feedback-comment", text: f.comment || "" })));
+    const head = el("tr", {}, el("th", { text: "Key" }), el("th", { text: "Score / value" }), el("th", { text: "Comment" }));
+    return el("section", { class: "field field-feedback" }, el("h3", { text: "Feedback" }),
+      el("table", { class: "feedback-table" }, el("thead", {}, head), el("tbody", {}, ...rows)));
   }
 
   // Long text shows its start; the rest on request, so a huge value never freezes the page.

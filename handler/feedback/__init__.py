@@ -1,0 +1,1 @@
+"""Feedback: what evaluations and users record about runs (LangSmith's /feedback API)."""
