@@ -121,6 +121,16 @@ def exact(srv, headers: dict, runs: list[dict]) -> None:
         assert response.body == json.dumps(run).encode()
 
 
+def kept_with_stats(srv, runs: list[dict]) -> None:
+    """Still stored: GET answers the run as sent, with feedback_stats added last where it has any."""
+    for run in runs:
+        response = srv.client.get(f"/runs/{run['id']}", headers=A)
+        assert response.status == 200, response.body
+        assert response.body == json.dumps(run).encode() or response.body.startswith(
+            json.dumps(run).encode()[:-1] + b',"feedback_stats":'
+        )
+
+
 def gone(srv, headers: dict, runs: list[dict]) -> None:
     for run in runs:
         assert srv.client.get(f"/runs/{run['id']}", headers=headers).status == 404
@@ -472,23 +482,21 @@ def test_the_sdk_reads_and_updates_a_projects_retention(rserver):
 
 
 def test_expired_traces_feedback_goes_with_them(rserver, env, rdb):
-    """Feedback (handler/feedback, migration 0006) of an expired trace is deleted with it. Until that
-    table is merged this test makes a stand-in with the columns the sweep uses."""
+    """Feedback (handler/feedback, migration 0006) of an expired trace is deleted with it, whether
+    it names the trace or only a run of it (written straight into the table, as it would be stored
+    for a run it names only)."""
     project(rserver, A, "with feedback", retention_days=1)
     expiring, kept = trace("with feedback"), trace("with feedback")
     post(rserver, A, expiring + kept)
     with rdb.cursor() as cur:
-        cur.execute(
-            "CREATE TABLE IF NOT EXISTS feedback (tenant text, id uuid, run_id uuid, trace_id uuid, key text,"
-            " PRIMARY KEY (tenant, id))"
-        )
         for run, trace_id in (
             (expiring[1], expiring[0]["id"]),
             (expiring[2], None),
             (kept[1], kept[0]["id"]),
         ):
             cur.execute(
-                "INSERT INTO feedback (tenant, id, run_id, trace_id, key) VALUES ('alpha', %s, %s, %s, 'k')",
+                "INSERT INTO feedback (tenant, id, run_id, trace_id, key, created_at, modified_at)"
+                " VALUES ('alpha', %s, %s, %s, 'k', now(), now())",
                 (str(uuid.uuid4()), run["id"], trace_id),
             )
         cur.execute(
@@ -497,7 +505,7 @@ def test_expired_traces_feedback_goes_with_them(rserver, env, rdb):
         )
     retain(env)
     gone(rserver, A, expiring)
-    exact(rserver, A, kept)
+    kept_with_stats(rserver, kept)
     with rdb.cursor() as cur:
         cur.execute("SELECT run_id::text FROM feedback WHERE key = 'k'")
         assert [row[0] for row in cur.fetchall()] == [kept[1]["id"]]
@@ -545,3 +553,23 @@ def test_the_migration_counts_existing_runs_and_rolls_back(settings):
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
+
+
+def test_feedback_moves_its_trace_to_the_long_tier(rserver, env):
+    project(rserver, A, "rated", retention_days=1, longlived_ttl_days=5)
+    rated, by_run, declined, unrated = (trace("rated") for _ in range(4))
+    post(rserver, A, rated + by_run + declined + unrated)
+    for body in (
+        {"trace_id": rated[0]["id"], "run_id": rated[1]["id"], "key": "good", "score": 1},
+        {"run_id": by_run[2]["id"], "key": "good", "score": 1},  # the trace comes from the run
+        {"trace_id": declined[0]["id"], "key": "good", "score": 0, "extend_trace_retention": False},
+    ):
+        response = rserver.client.post(json.dumps(body).encode(), "/feedback", headers=A)
+        assert response.status in (200, 201, 202), response.body
+    retain(env, "--as-of", later(days=2))
+    kept_with_stats(rserver, rated + by_run)
+    gone(rserver, A, declined)
+    gone(rserver, A, unrated)
+    retain(env, "--as-of", later(days=6))
+    gone(rserver, A, rated)
+    gone(rserver, A, by_run)

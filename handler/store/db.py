@@ -20,6 +20,7 @@ from handler.feedback.store import INSERT as INSERT_FEEDBACK
 from handler.feedback.store import conflict_message, insert_params
 from handler.read.sessions import UPSERT as UPSERT_SESSIONS
 from handler.read.sessions import with_sessions
+from handler.retention.policy import MARK_FEEDBACK, feedback_marks
 from handler.server.config import Settings
 from handler.store.rows import (
     INSERT,
@@ -209,6 +210,9 @@ class Database:
                 await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
             if feedback:  # after the runs: a feedback without a trace_id takes its run's
                 await cur.execute(INSERT_FEEDBACK, insert_params(tenant, feedback))
+                marks = feedback_marks(tenant, feedback)
+                if marks is not None:  # the trace moves to the long tier (handler/retention)
+                    await cur.execute(MARK_FEEDBACK, marks)
         except BaseException as e:
             with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
                 await cur.execute("ROLLBACK")
