@@ -128,6 +128,8 @@ benchmark: test-setup
 	$(BIN)/python -m benchmarks.splitter_cpu | tee .benchmarks/splitter_cpu.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.segment_sizes | tee .benchmarks/segment_sizes.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.monitor_query | tee .benchmarks/monitor_query.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.ingest_cpu | tee .benchmarks/ingest_cpu.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.query_1m
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup

@@ -15,6 +15,7 @@ import tornado.httpserver
 
 from handler.maintenance.compact import compact
 from handler.maintenance.gc import collect_garbage
+from handler.query.backfill import backfill
 from handler.retention.sweep import SweepBusy, Sweeper, retain
 from handler.runs.budget import Budget
 from handler.runs.ingest_handler import InFlight
@@ -122,6 +123,9 @@ def main() -> None:
         "--min-live", type=float, default=0.5, help="rewrite segments whose live share is below this"
     )
     packer.add_argument("--dry-run", action="store_true", help="report live and dead bytes only")
+    commands.add_parser(
+        "backfill-query", help="fill the filter columns (tags, metadata, tokens) of runs stored before them"
+    )
     retainer = commands.add_parser("retain", help="delete expired traces (README: Retention)")
     retainer.add_argument("--dry-run", action="store_true", help="count what would be deleted")
     retainer.add_argument(
@@ -150,6 +154,9 @@ def main() -> None:
         scanned, removed = asyncio.run(collect_garbage(settings, args.grace_seconds, args.dry_run))
         verb = "would delete" if args.dry_run else "deleted"
         log.info("gc: %d objects scanned, %s %d without a run or unfinished", scanned, verb, removed)
+    elif args.command == "backfill-query":
+        filled, failed = asyncio.run(backfill(settings))
+        log.info("backfill-query: %d runs filled, %d could not be read (see above)", filled, failed)
     elif args.command == "compact":
         try:
             r = asyncio.run(compact(settings, args.grace_seconds, args.min_live, args.dry_run))

@@ -34,6 +34,8 @@ OPERATIONS = {
     ("patch", "/runs/{run_id}"),
     ("get", "/runs/{run_id}/attachments/{name}"),
     ("post", "/runs/query"),
+    ("post", "/api/v2/runs/query"),
+    ("get", "/api/v2/runs/{run_id}"),
     ("get", "/sessions"),
     ("post", "/sessions"),
     ("get", "/sessions/{session_id}"),

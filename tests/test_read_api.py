@@ -190,10 +190,18 @@ def test_create_project(server):
     assert again.id == made.id and again.description == "changed"
 
 
-def test_the_filter_language_is_refused_not_misread(server, traced):
+def test_the_filter_language_is_understood(server, traced):
+    """The whole language is tested in test_query_api.py; here, on a traced pipeline."""
     client, project, _, _ = traced
-    with pytest.raises(LangSmithError, match="not supported"):
-        list(client.list_runs(project_name=project, filter='eq(name, "pipeline")'))
+    assert [r.name for r in client.list_runs(project_name=project, filter='eq(name, "pipeline")')] == [
+        "pipeline"
+    ]
+    failing_trees = client.list_runs(
+        project_name=project, tree_filter="neq(error, null)", filter="eq(is_root, true)"
+    )
+    assert [r.name for r in failing_trees] == ["pipeline"]
+    with pytest.raises(LangSmithError, match="unknown field .*nope.* at position 3"):
+        list(client.list_runs(project_name=project, filter='eq(nope, "pipeline")'))
 
 
 def test_queries_a_client_gets_wrong_are_400(server):

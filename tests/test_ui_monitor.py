@@ -155,7 +155,7 @@ def test_the_api_counts_the_seeded_project(seeded, days, step_hours):
     assert totals["errors"] == sum(w["errors"] for w in want.values())
     assert totals["p99"] == pytest.approx(percentile_cont(all_ms, 0.99), abs=0.1)
     assert data["feedback"] == {}  # the feedback table is there (0006); this project has none
-    assert "tokens" not in data["series"]  # not on this schema yet
+    assert "tokens" in data["series"]  # migration 0007's total_tokens
 
 
 def test_the_api_refuses_bad_arguments(seeded):
@@ -202,10 +202,8 @@ def test_the_page_shows_the_numbers(browser, seeded):  # noqa: F811
     assert len(p50) == sum(1 for w in want.values() if w["ms"])  # intervals without ended roots: no point
     total = browser.find_element(By.CSS_SELECTOR, "#totals [data-total=traces]")
     assert int(total.get_attribute("data-value")) == sum(w["traces"] for w in want.values())
-    assert (
-        browser.find_element(By.CSS_SELECTOR, "[data-chart=Tokens]").get_attribute("class")
-        == "chart chart-off"
-    )
+    # Migration 0007 gives runs their token column: the tokens chart is on (the feedback one is not).
+    assert browser.find_element(By.CSS_SELECTOR, "[data-chart=Tokens]").get_attribute("class") == "chart"
     # The window links: 30 days takes the older traces in.
     browser.find_element(By.CSS_SELECTOR, ".windows a[data-days='30']").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#numbers tbody tr")) == 30)
@@ -269,7 +267,7 @@ def test_tokens_and_feedback_light_up(settings, seeded):
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '5s'")
-            cur.execute("ALTER TABLE runs ADD COLUMN total_tokens bigint")
+            cur.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS total_tokens bigint")  # 0007 adds it
             cur.execute(
                 "UPDATE runs SET total_tokens = 10"
                 " WHERE tenant = 'viewer' AND session_id = %s AND parent_run_id IS NULL",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ijson
 
 from handler.base.errors import RunError
+from handler.query import extract
+from handler.query.extract import Tap
 from handler.runs.jsonbytes import first_line
 from handler.runs.schema import (
     ITEM_ERRORS,
@@ -50,6 +52,9 @@ class RunEvents:
         self._key: str | None = None  # a run's field whose value comes next
         self._items: str | None = None  # the array field (tags, events) whose items come next
         self._depth = 0  # 1 inside the array, 2 inside a run
+        # The query columns' hook (handler/query/extract.py): inside a field of TAPPED, map keys at
+        # depths up to the first limit and scalars up to the second go to the run's Tap.
+        self._limits = (0, 0)
         self._count = 0
         self._event_count = 0
 
@@ -96,6 +101,8 @@ class RunEvents:
         events = self._events
         self._event_count += len(events)
         depth, key, items = self._depth, self._key, self._items
+        key_limit, value_limit = self._limits
+        tap = self._run.tap if self._run is not None else None
         for event, value in events:
             if key is not None:  # the first event of a run's top-level field
                 try:
@@ -106,6 +113,9 @@ class RunEvents:
                     depth += 1  # 3, below any sensible max_depth
                     if key in ITEM_EVENTS:
                         items = key
+                    if key in extract.TAPPED:
+                        tap = self._run.tap = self._run.tap or Tap()
+                        key_limit, value_limit = tap.start(key)
                 key = None
             elif event == "map_key":
                 if depth == 2:
@@ -113,8 +123,15 @@ class RunEvents:
                         raise self._error(f"duplicate key {value!r}")
                     self._keys.add(value)
                     key = value
+                elif depth <= key_limit:
+                    if depth == 3 and value_limit < 3 and value not in tap.first:
+                        key_limit, value_limit = 3, 2  # a field's key no path goes through: no call
+                    else:
+                        key_limit, value_limit = tap.key(depth, value)
             elif event == "string" and depth > 2 and items is None:
-                pass  # the bulk of a payload: a string inside a field has nothing to check
+                # The bulk of a payload: a string inside a field has nothing to check.
+                if depth <= value_limit:
+                    key_limit, value_limit = tap.scalar(depth, value)
             elif event == "start_map":
                 depth += 1
                 if depth > self.max_depth:
@@ -127,8 +144,11 @@ class RunEvents:
                     raise RunError(400, "body must be a JSON array of runs")
             elif event == "end_map":
                 depth -= 1
-                if depth == 1:
+                if depth == 2:
+                    key_limit = value_limit = 0  # a field's value ended
+                elif depth == 1:
                     self._finish_run()
+                    tap = None
             elif event == "start_array":
                 depth += 1
                 if depth > self.max_depth:
@@ -143,6 +163,7 @@ class RunEvents:
                 depth -= 1
                 if depth == 2:
                     items = None
+                    key_limit = value_limit = 0
                 elif depth == 0:
                     self._ended = True
             elif depth < 2:  # a scalar outside any run
@@ -151,7 +172,10 @@ class RunEvents:
                 raise RunError(400, f"run {self._count} must be an object, got {event}", self._count)
             elif items is not None and depth == 3 and event not in ITEM_EVENTS[items]:
                 raise self._error(ITEM_ERRORS[items])
+            elif depth <= value_limit:  # a number, true, false or null; or a tag
+                key_limit, value_limit = tap.scalar(depth, value)
         self._depth, self._key, self._items = depth, key, items
+        self._limits = (key_limit, value_limit)
         events.clear()
 
     def _start_run(self) -> None:

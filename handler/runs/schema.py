@@ -13,9 +13,14 @@ parts and PATCH bodies (through ``parse_run``), and later spans and feedback.
 | ``session_name`` | string | 1,024 characters, no NUL | as absent | the project (``session_id``) |
 | ``dotted_order`` | string | 8,192 characters, no NUL | as absent | ``dotted_order`` |
 | ``error`` | string | | as absent | ``status`` = error, ``error`` (its first 2,000 characters) |
-| ``inputs``, ``outputs``, ``metadata``, ``extra``, ``serialized`` | object | | as absent | none |
-| ``tags`` | array of strings | | as absent | none |
+| ``inputs``, ``outputs``, ``extra`` | object | | as absent | query columns (below) |
+| ``metadata``, ``serialized`` | object | | as absent | none |
+| ``tags`` | array of strings | | as absent | ``tags`` (the first 100, 256 characters each) |
 | ``events`` | array of objects | | as absent | none |
+
+The query columns (schema/0007: ``tags``, ``metadata``, token counts and costs, ``search_text``)
+come from paths inside ``tags``, ``extra``, ``outputs`` and ``inputs`` that handler/query/extract.py
+names (PATHS), gathered from the parser's events as the run is parsed (events.py hands them over).
 
 A field without a column is kept only in the run's bytes; any other field is kept there
 unchecked. The bytes themselves (grammar, depth, duplicate keys, surrogates, sizes) are the
@@ -29,6 +34,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+
+from handler.query.extract import Tap
 
 MAX_NAME_CHARS = 1024
 UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -83,6 +90,9 @@ class Run:
     head: bytes = b""
     parts: int = 0  # RunParts handed out
     size: int = 0  # bytes in all
+    # What the query columns take from its nested fields (handler/query/extract.py), once one of
+    # the fields it reads has come.
+    tap: Tap | None = None
 
     @property
     def status(self) -> str:

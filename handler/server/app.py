@@ -6,6 +6,8 @@ import tornado.web
 
 from handler.base.handlers import NotFoundHandler
 from handler.feedback import handlers as feedback
+from handler.query import extract
+from handler.query import handlers as query_v2
 from handler.read import projects, query
 from handler.retention import handlers as retention
 from handler.runs import handlers as runs
@@ -26,12 +28,14 @@ def make_app(
     budget: Budget | None = None,
 ) -> tornado.web.Application:
     """The routes; ``budget`` is the memory all ingesting requests share (one per process)."""
+    extract.configure(settings.search_text_chars)
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     budget = budget or Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
     ingest_deps = {**deps, "in_flight": in_flight or InFlight(), "budget": budget}
     return tornado.web.Application(
         [
             *query.routes(deps),
+            *query_v2.routes(deps),
             *projects.routes(deps),
             *retention.routes(deps),
             *ui.routes(deps),

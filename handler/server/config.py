@@ -69,6 +69,9 @@ class Settings:
     workers: int
     max_buffered_bytes: int = 256 * MIB
     budget_wait_seconds: float = 30
+    query_timeout_ms: int = 5000  # a filtered read is stopped after this (handler/query/)
+    # Of inputs' and of outputs' text, kept for search() (handler/query/extract.py).
+    search_text_chars: int = 0
     header_timeout: float = 60
     keepalive_timeout: float = 75
     max_connections: int = 0  # 0: derived from the open-file limit (handler/server/connections.py)
@@ -131,6 +134,10 @@ class Settings:
         if workers < 0:
             raise SystemExit("run-handler: WORKERS cannot be negative (0 means one per CPU core)")
 
+        if get_int("QUERY_TIMEOUT_MS", 5000) < 1:
+            raise SystemExit("run-handler: QUERY_TIMEOUT_MS must be at least 1")
+        if not 0 <= get_int("SEARCH_TEXT_CHARS", 0) <= 1_000_000:
+            raise SystemExit("run-handler: SEARCH_TEXT_CHARS must be from 0 to 1000000")
         for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "LINGER_MAX_SECONDS"):
             if get_int(name, 0) < 0:
                 raise SystemExit(f"run-handler: {name} cannot be negative")
@@ -181,6 +188,8 @@ class Settings:
             budget_wait_seconds=get_int("BUDGET_WAIT_SECONDS", 30),
             max_feedback_bytes=get_int("MAX_FEEDBACK_BYTES", MIB),
             workers=workers,
+            query_timeout_ms=get_int("QUERY_TIMEOUT_MS", 5000),
+            search_text_chars=get_int("SEARCH_TEXT_CHARS", 0),
             header_timeout=get_int("HEADER_TIMEOUT", 60),
             keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 75),
             max_connections=get_int("MAX_CONNECTIONS", 0),

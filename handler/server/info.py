@@ -8,7 +8,8 @@ The SDKs compare ``version`` with fixed versions (langsmith 0.15.1 Python, 0.12.
   ``evaluators``, ``sandboxes``, ``public``), that the server is older than 0.16.0; ``annotation_queues``
   below 0.16.14, the v2 ``sessions`` below 0.18.0.
 LANGSMITH_VERSION is 0.16.0: multipart feedback, and no warning for the four resources the issue
-names. What those resources call (``/api/v1/...``, ``/api/v2/...``) is not served here: it answers
+names. What those resources call (``/api/v1/...``, ``/api/v2/...``) is not served here, but for
+``client.runs.query`` and ``retrieve`` (handler/query/, routed before this): it answers
 501 with ``x-should-retry: false`` (below), which no SDK retries. Annotation queues and the v2
 sessions still warn, truthfully.
 """
@@ -46,9 +47,10 @@ class InfoHandler(JSONHandler):
 
 class NotImplementedHandler(JSONHandler):
     """``/api/v1/...`` and ``/api/v2/...``: the LangSmith API the SDKs' generated resources call
-    (``client.runs``, ``traces``, ``threads``, ``datasets``, ...), which this server does not
-    implement. 501 at once, never a 404 or a 5xx they would retry: their httpx client retries
-    every 5xx unless told ``x-should-retry: false``; the hand-written clients do not retry a 501."""
+    (``traces``, ``threads``, ``datasets``, ...), which this server does not implement (but for
+    ``/api/v2/runs/query`` and ``/api/v2/runs/{id}``, handler/query/). 501 at once, never a 404 or a
+    5xx they would retry: their httpx client retries every 5xx unless told ``x-should-retry:
+    false``; the hand-written clients do not retry a 501."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 

@@ -386,6 +386,34 @@ class Database:
         """A query's rows; RunError 400 for a value the database cannot take, 503 when it fails."""
         return await self._fetch(sql, params, statement_error)
 
+    async def fetch_bounded(self, sql: str, params: tuple, timeout_ms: int) -> list[tuple]:
+        """A read that may cost much (a filter, handler/query/): cancelled by the server after
+        ``timeout_ms``, which is a RunError 400 saying so; otherwise as fetch."""
+        too_long = RunError(
+            400,
+            f"the query took longer than {timeout_ms} ms and was stopped:"
+            " narrow it (a project, a time window)",
+        )
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                await cur.execute("BEGIN; SET LOCAL statement_timeout = %s", (timeout_ms,))
+                try:
+                    await cur.execute(sql, params)
+                    return await cur.fetchall()
+                finally:
+                    with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
+                        await cur.execute("ROLLBACK")  # read only: nothing to commit
+        except psycopg2.errors.QueryCanceled as e:
+            raise too_long from e
+        except asyncio.CancelledError:
+            # aiopg turns the server's cancel (statement_timeout) into CancelledError; a real
+            # cancellation of this task is told apart by the task's own count.
+            if asyncio.current_task().cancelling():
+                raise
+            raise too_long from None
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            raise statement_error(e) from e
+
     async def _fetch(self, sql: str, params: tuple, error=database_error) -> list[tuple]:
         """A query's rows; its failure as the RunError ``error`` makes of it (503 by default)."""
         try:

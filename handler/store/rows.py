@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+from handler.query.extract import QUERY_FIELDS_VERSION, query_columns
 from handler.runs.schema import Run
 from handler.store.objects import Location
 
@@ -34,6 +35,17 @@ class RunRow(NamedTuple):
     posted: bool = True  # False: only patches have come, the run's post is still to come
     object_offset: int | None = None  # where in object_key the run starts; None: all of it
     error: str | None = None  # the start of the run's error text (stream.ERROR_PREVIEW_CHARS)
+    # What filters read (schema/0007, handler/query/extract.py), as extract.Tap.columns gives them.
+    tags: str = "[]"  # JSON
+    metadata: str = "{}"  # JSON
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_cost: str | None = None  # decimal text
+    completion_cost: str | None = None
+    total_cost: str | None = None
+    search_text: str | None = None
+    query_fields: int | None = QUERY_FIELDS_VERSION
 
     @classmethod
     def of(cls, run: Run, location: Location, posted: bool = True) -> RunRow:
@@ -55,6 +67,7 @@ class RunRow(NamedTuple):
             posted,
             location.offset,
             run.error,
+            *query_columns(run),
         )
 
     @property
@@ -113,6 +126,15 @@ _TYPES = {
     "reference_example_id": "uuid",
     "posted": "boolean",
     "object_offset": "bigint",
+    "tags": "jsonb",
+    "metadata": "jsonb",
+    "prompt_tokens": "bigint",
+    "completion_tokens": "bigint",
+    "total_tokens": "bigint",
+    "prompt_cost": "numeric",
+    "completion_cost": "numeric",
+    "total_cost": "numeric",
+    "query_fields": "smallint",
 }
 COLUMNS = ", ".join(RunRow._fields)
 ARRAYS = ", ".join(f"%s::{_TYPES.get(name, 'text')}[]" for name in RunRow._fields)

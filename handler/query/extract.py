@@ -1,0 +1,218 @@
+"""What the query columns (schema/0007) take from a run's nested fields, gathered while the splitter
+parses it: the run is neither held nor parsed a second time for them.
+
+The splitter hands a Tap the events of the top-level fields in TAPPED, and only those at or above
+the depths the Tap asks for (``limits``: map keys up to the first, scalars up to the second), so
+the bulk of a payload never reaches it. The paths it reads:
+
+    tags[*]                                   tags (strings)
+    extra.metadata.<key>                      metadata: plain values, as text
+    outputs.usage_metadata.*                  token counts and costs, first found wins, in this order
+    extra.metadata.usage_metadata.*
+    outputs.llm_output.token_usage.*          (LangChain's OpenAI-style llm_output)
+    outputs.llm_output.usage.*                (Anthropic-style)
+    outputs.generations[*][*].message.kwargs.usage_metadata.*   (LangChain's chat models)
+    inputs.**, outputs.** strings             search text, the first SEARCH_TEXT_CHARS characters of each
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+QUERY_FIELDS_VERSION = 1  # runs.query_fields of a row these rules filled
+TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS > 0
+SEARCH_TEXT_CHARS = 0  # of inputs' and of outputs' strings (0: none); set from Settings (configure)
+MAX_TAGS = 100
+MAX_TAG_CHARS = 256
+MAX_METADATA_KEYS = 100
+MAX_METADATA_KEY_CHARS = 256
+METADATA_VALUE_CHARS = 1000  # compile.METADATA_VALUE_CHARS
+MAX_TOKENS = 2**62
+_DEEP = 1 << 30  # a limit no depth reaches
+_OFF = (0, 0)
+TOKEN_COLUMNS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "prompt_cost",
+    "completion_cost",
+    "total_cost",
+)
+# Leaf markers: ("meta",) a metadata value; (source, column) a token count or cost.
+_META = ("meta",)
+
+
+def _usage(source: int, names: dict[str, str]) -> dict:
+    return {key: (source, column) for key, column in names.items()}
+
+
+_USAGE_METADATA = {
+    "input_tokens": "prompt_tokens",
+    "output_tokens": "completion_tokens",
+    "total_tokens": "total_tokens",
+    "input_cost": "prompt_cost",
+    "output_cost": "completion_cost",
+    "total_cost": "total_cost",
+}
+_TOKEN_USAGE = {
+    "prompt_tokens": "prompt_tokens",
+    "completion_tokens": "completion_tokens",
+    "total_tokens": "total_tokens",
+}
+_USAGE = {"input_tokens": "prompt_tokens", "output_tokens": "completion_tokens", **_TOKEN_USAGE}
+ITEMS = 0  # in PATHS: an array's items (no JSON key is an int)
+# Paths below each tapped field: a dict descends, a tuple is a leaf; "*" is any key.
+PATHS = {
+    "tags": {},
+    "inputs": {},
+    "extra": {"metadata": {"*": _META, "usage_metadata": _usage(1, _USAGE_METADATA)}},
+    "outputs": {
+        "usage_metadata": _usage(0, _USAGE_METADATA),
+        "llm_output": {"token_usage": _usage(2, _TOKEN_USAGE), "usage": _usage(3, _USAGE)},
+        # LangChain's chat models: the first generation's message (serialized) has it.
+        "generations": {
+            ITEMS: {ITEMS: {"message": {"kwargs": {"usage_metadata": _usage(4, _USAGE_METADATA)}}}}
+        },
+    },
+}
+
+
+def configure(search_text_chars: int) -> None:
+    """SEARCH_TEXT_CHARS from Settings; 0 leaves inputs untapped."""
+    global SEARCH_TEXT_CHARS, TAPPED
+    SEARCH_TEXT_CHARS = search_text_chars
+    TAPPED = frozenset({"tags", "extra", "outputs", *(("inputs",) if search_text_chars else ())})
+
+
+class Tap:
+    """One run's query fields, filled from the events of its tapped fields."""
+
+    __slots__ = (
+        "tags",
+        "metadata",
+        "usage",
+        "first",
+        "texts",
+        "text_left",
+        "field",
+        "keys",
+        "nodes",
+        "trie",
+        "text_on",
+    )
+
+    def __init__(self) -> None:
+        # Kept small: most runs have a Tap (for outputs) and most Taps find nothing.
+        self.tags: list[str] = []
+        self.metadata: dict[str, str] = {}
+        self.usage: list[dict] | None = None  # per source, in order of precedence, once one is found
+        self.texts: list[str] = []
+
+    def start(self, field: str) -> tuple[int, int]:
+        """A tapped field's value begins (an object or array at depth 3): the limits for it."""
+        self.field, self.first = field, PATHS[field]
+        self.keys, self.nodes = [], []
+        self.text_left = SEARCH_TEXT_CHARS  # for each of inputs and outputs
+        self.text_on = field in ("inputs", "outputs") and self.text_left > 0
+        self.trie = (0, 3) if field == "tags" else (3, 2) if PATHS[field] else _OFF
+        return (_DEEP, _DEEP) if self.text_on else self.trie
+
+    def key(self, depth: int, key: str) -> tuple[int, int]:
+        keys, nodes, i = self.keys, self.nodes, depth - 3
+        if len(keys) > i:
+            del keys[i:], nodes[i:]
+        while len(keys) < i:  # a depth without a key is an array's: a path goes on through ITEMS
+            above = PATHS[self.field] if not nodes else nodes[-1]
+            keys.append(None)
+            nodes.append(above.get(ITEMS) if isinstance(above, dict) else None)
+        parent = PATHS[self.field] if i == 0 else nodes[i - 1]
+        node = parent.get(key, parent.get("*")) if isinstance(parent, dict) else None
+        keys.append(key)
+        nodes.append(node)
+        if isinstance(node, dict):
+            self.trie = (_DEEP, _DEEP)
+        elif node is not None:
+            self.trie = (depth, depth)  # a leaf: its value, not what is inside it
+        else:
+            self.trie = (depth, depth - 1)  # siblings' keys, nothing of this one's value
+        return (_DEEP, _DEEP) if self.text_on else self.trie
+
+    def scalar(self, depth: int, value: object) -> tuple[int, int]:
+        if self.field == "tags":
+            if len(self.tags) < MAX_TAGS and isinstance(value, str):
+                self.tags.append(value[:MAX_TAG_CHARS].replace("\x00", ""))
+            return self.trie
+        if self.text_on and isinstance(value, str):
+            self.texts.append(value[: self.text_left])
+            self.text_left -= min(len(value), self.text_left)
+            if self.text_left <= 0:
+                self.text_on = False
+        if len(self.keys) == depth - 2 and self.nodes and self.nodes[-1] is not None:
+            self._leaf(self.nodes[-1], self.keys[-1], value)
+        return (_DEEP, _DEEP) if self.text_on else self.trie
+
+    def _leaf(self, leaf: tuple, key: str, value: object) -> None:
+        if leaf is _META:
+            if value is None or len(self.metadata) >= MAX_METADATA_KEYS or len(key) > MAX_METADATA_KEY_CHARS:
+                return
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value if isinstance(value, bool | int) else float(value))
+            )
+            self.metadata.setdefault(key.replace("\x00", ""), text[:METADATA_VALUE_CHARS].replace("\x00", ""))
+            return
+        source, column = leaf
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            return
+        if isinstance(value, Decimal) and not value.is_finite():
+            return
+        if column.endswith("_tokens"):
+            if value != int(value) or not 0 <= value < MAX_TOKENS:
+                return
+            value = int(value)
+        elif not 0 <= value < MAX_TOKENS:
+            return
+        if self.usage is None:
+            self.usage = [{}, {}, {}, {}, {}]
+        self.usage[source].setdefault(column, value)
+
+    def columns(self) -> tuple:
+        """The values of the query columns (store/rows.RunRow, ``tags`` to ``search_text``)."""
+        if not (self.tags or self.metadata or self.usage or self.texts):
+            return NO_TAP
+        usage = next((found for found in self.usage if found), None) if self.usage else None
+        if usage is None:
+            tokens: tuple = (None,) * 6
+        else:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            total = usage.get("total_tokens")
+            if total is None and (prompt is not None or completion is not None):
+                total = (prompt or 0) + (completion or 0)
+            cost = usage.get("total_cost")
+            if cost is None and ("prompt_cost" in usage or "completion_cost" in usage):
+                cost = usage.get("prompt_cost", 0) + usage.get("completion_cost", 0)
+            costs = (usage.get("prompt_cost"), usage.get("completion_cost"), cost)
+            tokens = (prompt, completion, total, *(None if c is None else str(c) for c in costs))
+        return (
+            json.dumps(self.tags) if self.tags else "[]",
+            json.dumps(self.metadata) if self.metadata else "{}",
+            *tokens,
+            search_text(self.tags, self.metadata, self.texts),
+        )
+
+
+def search_text(tags: list[str], metadata: dict[str, str], texts: list[str]) -> str | None:
+    """What search() reads beyond the name and the error (the row has those): None when empty."""
+    if not (tags or metadata or texts):
+        return None
+    return "\n".join([*tags, *metadata.values(), *texts]).replace("\x00", "")
+
+
+NO_TAP = ("[]", "{}", None, None, None, None, None, None, None)
+
+
+def query_columns(run) -> tuple:
+    """A parsed run's query columns (store/rows.RunRow, from ``tags`` to ``search_text``)."""
+    return NO_TAP if run.tap is None else run.tap.columns()  # None: no tapped field came

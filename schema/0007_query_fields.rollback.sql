@@ -1,0 +1,14 @@
+DROP INDEX runs_query_backfill_idx;
+DROP INDEX runs_metadata_idx;
+DROP INDEX runs_tags_idx;
+ALTER TABLE runs
+    DROP COLUMN tags,
+    DROP COLUMN metadata,
+    DROP COLUMN prompt_tokens,
+    DROP COLUMN completion_tokens,
+    DROP COLUMN total_tokens,
+    DROP COLUMN prompt_cost,
+    DROP COLUMN completion_cost,
+    DROP COLUMN total_cost,
+    DROP COLUMN search_text,
+    DROP COLUMN query_fields;
