@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TEST_ENV := RUN_HANDLER_ENV=test
 
 .PHONY: help install concurrency connections services-up services-down services-status db-up db-down db-migrate \
-        db-downgrade gc compact server test-setup js-test-setup ui-test-setup nginx-test-setup ui-screenshot test fuzz benchmark memprofile load scaling lint lint-fix format clean
+        db-downgrade gc compact retain server test-setup js-test-setup ui-test-setup nginx-test-setup ui-screenshot test fuzz benchmark memprofile load scaling lint lint-fix format clean
 
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
@@ -20,7 +20,7 @@ help:
 	@echo "                   (WORKERS=n: its processes; URL=http://host:port: a running server instead)"
 	@echo "make connections   slow headers, a connection flood, 32 large runs refused: what clients get"
 	@echo "make scaling       make load at WORKERS=1, WORKERS=2, nginx + 2 instances, and with a worker killed"
-	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc | compact"
+	@echo "make services-up | services-down | services-status | db-migrate | db-downgrade | gc | compact | retain"
 	@echo "make test-setup | lint | lint-fix | format | clean"
 
 $(INSTALLED): setup.cfg setup.py pyproject.toml
@@ -61,6 +61,11 @@ gc: install services-up
 MIN_LIVE ?= 0.5
 compact: install services-up
 	$(BIN)/python -m handler compact --grace-seconds $(GRACE_SECONDS) --min-live $(MIN_LIVE)
+
+# Expired traces deleted (README: Retention); AS_OF=<ISO 8601 time> expires as if it were then,
+# DRY_RUN=1 counts only.
+retain: install services-up
+	$(BIN)/python -m handler retain $(if $(AS_OF),--as-of $(AS_OF)) $(if $(DRY_RUN),--dry-run)
 
 server: install services-up
 	$(BIN)/python -m handler serve

@@ -1,4 +1,4 @@
-"""Command line: ``python -m handler [serve|migrate|rollback|gc|compact|hash-key]``."""
+"""Command line: ``python -m handler [serve|migrate|rollback|gc|compact|retain|hash-key]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import sys
+from datetime import UTC, datetime
 
 import ijson
 import tornado.httpserver
@@ -15,6 +16,7 @@ import tornado.httpserver
 from handler.maintenance.compact import compact
 from handler.maintenance.gc import collect_garbage
 from handler.query.backfill import backfill
+from handler.retention.sweep import SweepBusy, Sweeper, retain
 from handler.runs.budget import Budget
 from handler.runs.ingest_handler import InFlight
 from handler.server.app import make_app
@@ -44,11 +46,13 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None) 
         )
     store = ObjectStore(settings)
     db = Database(settings)
+    sweeper = Sweeper(settings, store, db)
     await store.start()
     try:
         if sockets is None:
             await store.ensure_bucket()
         await db.start()
+        sweeper.start()
         in_flight = InFlight()
         budget = Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
         server = make_server(make_app(settings, store, db, in_flight, budget), settings)
@@ -69,6 +73,7 @@ async def serve(settings: Settings, sockets: list[socket.socket] | None = None) 
         )
         await wait_and_shut_down(server, in_flight, settings.shutdown_timeout)
     finally:
+        await sweeper.stop()
         await db.close()
         await store.close()
 
@@ -121,6 +126,11 @@ def main() -> None:
     commands.add_parser(
         "backfill-query", help="fill the filter columns (tags, metadata, tokens) of runs stored before them"
     )
+    retainer = commands.add_parser("retain", help="delete expired traces (README: Retention)")
+    retainer.add_argument("--dry-run", action="store_true", help="count what would be deleted")
+    retainer.add_argument(
+        "--as-of", type=_as_of, help="expire as if it were this ISO 8601 time (UTC when no offset)"
+    )
     hasher = commands.add_parser("hash-key", help="print the SHA-256 of an API key (read from stdin)")
     hasher.add_argument("key", nargs="?", help="the key; read from stdin when absent")
     args = parser.parse_args()
@@ -162,10 +172,24 @@ def main() -> None:
             r.rewritten,
             r.freed_bytes,
         )
+    elif args.command == "retain":
+        try:
+            report = asyncio.run(retain(settings, args.as_of, args.dry_run))
+        except SweepBusy as e:
+            raise SystemExit(f"run-handler: {e}; try again when it has finished") from None
+        log.info("%s", report.line(args.dry_run))
     elif args.command in (None, "serve") and worker_count(settings) > 1:
         sys.exit(serve_workers(settings, worker_count(settings), serve))
     elif args.command in (None, "serve"):
         asyncio.run(serve(settings))
+
+
+def _as_of(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ OPERATIONS = {
     ("get", "/sessions"),
     ("post", "/sessions"),
     ("get", "/sessions/{session_id}"),
+    ("patch", "/sessions/{session_id}"),
+    ("post", "/traces/{trace_id}/extend-retention"),
     ("post", "/feedback"),
     ("get", "/feedback"),
     ("get", "/feedback/{feedback_id}"),

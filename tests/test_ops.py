@@ -77,6 +77,11 @@ FAMILIES = {
     "run_handler_open_connections": "gauge",
     "run_handler_connections_refused": "counter",
     "run_handler_connections_timed_out": "counter",
+    "run_handler_retention_sweeps": "counter",
+    "run_handler_retention_traces_deleted": "counter",
+    "run_handler_retention_runs_deleted": "counter",
+    "run_handler_retention_bytes_deleted": "counter",
+    "run_handler_retention_objects_deleted": "counter",
 }
 
 

@@ -8,6 +8,7 @@ import json
 from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
 from handler.read import sessions
+from handler.retention import handlers as retention
 from handler.runs.schema import UUID_TEXT
 
 
@@ -35,14 +36,20 @@ class SessionsHandler(JSONHandler):
             return
         upsert = self.get_query_argument("upsert", "false").lower() == "true"
         try:
-            name, description, extra = sessions.new_project(self.request.body)
+            name, description, extra, retention = sessions.new_project(self.request.body)
             extra_json = None if extra is None else json.dumps(extra)
             session_id = str(sessions.session_id_for(tenant, name))
-            rows = await self.db.fetch(sessions.CREATE, (tenant, session_id, name, description, extra_json))
+            policy = [retention.get(field) for field in sessions.RETENTION_FIELDS]
+            rows = await self.db.fetch(
+                sessions.CREATE, (tenant, session_id, name, description, extra_json, *policy)
+            )
             if rows:
                 self.set_status(201)
             elif upsert:
-                rows = await self.db.fetch(sessions.UPDATE, (description, extra_json, tenant, name))
+                rows = await self.db.fetch(
+                    sessions.update_sql("tenant = %s AND name = %s", retention),
+                    (description, extra_json, *retention.values(), tenant, name),
+                )
             else:
                 raise RunError(409, f"a project named {name!r} already exists")
         except RunError as e:
@@ -51,9 +58,10 @@ class SessionsHandler(JSONHandler):
 
 
 class SessionHandler(JSONHandler):
-    """GET /sessions/{id}: one project."""
+    """GET /sessions/{id}: one project, with its retention and usage. PATCH: change its
+    description, extra or retention (handler/retention/handlers.py)."""
 
-    SUPPORTED_METHODS = ("GET",)
+    SUPPORTED_METHODS = ("GET", "PATCH")
 
     async def get(self, session_id: str) -> None:
         tenant = self.authenticate()
@@ -67,9 +75,23 @@ class SessionHandler(JSONHandler):
             )
             if not rows:
                 raise RunError(404, f"project {session_id} not found")
+            answer = sessions.session_json(tenant, rows[0])
+            answer.update(await retention.project_details(self.db, self.config, tenant, rows[0]))
         except RunError as e:
             return self.fail(e)
-        self.finish(sessions.session_json(tenant, rows[0]))
+        self.finish(answer)
+
+    async def patch(self, session_id: str) -> None:
+        tenant = self.authenticate()
+        if tenant is None:
+            return
+        try:
+            if not UUID_TEXT.fullmatch(session_id):
+                raise RunError(400, "the project id must be a UUID")
+            row = await retention.patch_project(self.db, tenant, session_id, self.request.body)
+        except RunError as e:
+            return self.fail(e)
+        self.finish(sessions.session_json(tenant, row))
 
 
 def routes(deps: dict) -> list:

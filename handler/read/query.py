@@ -24,7 +24,7 @@ from handler.base.handlers import JSONHandler
 from handler.feedback.store import stats as feedback_stats
 from handler.query.scopes import Filters
 from handler.runs.schema import RUN_TYPES, UUID_TEXT
-from handler.store.objects import Location
+from handler.store.objects import Location, ObjectGone
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 100
@@ -256,7 +256,11 @@ async def with_payloads(store, rows: list[Sequence], runs: list[dict], fields: l
             run["payload_omitted"] = True
             return
         async with limit:
-            data = await store.read_all(Location(key, offset), size)
+            try:
+                data = await store.read_all(Location(key, offset), size)
+            except ObjectGone:  # expired and deleted since the page's rows were read
+                run["payload_omitted"] = True
+                return
         stored = json.loads(data)
         for name in fields:
             run[name] = stored.get(name)

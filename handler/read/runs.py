@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import tornado.iostream
@@ -16,7 +17,7 @@ import tornado.web
 from handler.base.errors import RunError
 from handler.runs.schema import MAX_DOTTED_ORDER_BYTES, UUID_TEXT
 from handler.store.db import Database
-from handler.store.objects import Location, ObjectStore
+from handler.store.objects import Location, ObjectGone, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,21 @@ async def relay(
     size: int,
     content_type: str,
     tail: bytes = b"",
+    still_stored: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Stream a run's bytes (an object, or its range of a segment) to the client; with ``tail``,
     the run's closing ``}`` is replaced by it (``,"feedback_stats":{...}}``: fields added last).
 
     A failure before the first byte is an error answer; after it, the status line is gone, so a
-    short body and a closed connection tell the client."""
+    short body and a closed connection tell the client. An object missing from the bucket whose
+    row ``still_stored`` finds gone as well was deleted meanwhile (a retention sweep): 404."""
     chunks = store.read(location.key, location.offset, size)
     try:
         held = await anext(chunks, b"")
+    except ObjectGone as e:
+        if still_stored is not None and not await still_stored():
+            return handler.fail(RunError(404, "not found: deleted while being read"))
+        return handler.fail(e)
     except RunError as e:
         return handler.fail(e)
     handler.set_header("Content-Type", content_type)

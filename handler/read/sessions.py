@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 
 from handler.base.errors import RunError
+from handler.retention import policy
 from handler.runs.schema import UUID_TEXT
 from handler.store.rows import RunRow
 
@@ -21,7 +22,9 @@ DEFAULT_PROJECT = "default"  # LangSmith's, for runs that name no project
 MAX_PROJECT_NAME_CHARS = 1024
 MAX_PAGE = 100
 _TENANTS = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # uuid.NAMESPACE_URL
-COLUMNS = "id, name, description, extra, start_time"
+# The last three are the project's retention (handler/retention/policy.py).
+RETENTION_FIELDS = policy.FIELDS
+COLUMNS = f"id, name, description, extra, start_time, {', '.join(RETENTION_FIELDS)}"
 UPSERT = (
     "INSERT INTO sessions (tenant, id, name) SELECT %s, * FROM unnest(%s::uuid[], %s::text[])"
     " ON CONFLICT DO NOTHING"
@@ -54,7 +57,7 @@ def with_sessions(tenant: str, rows: Sequence[RunRow]) -> tuple[list[RunRow], li
 
 def session_json(tenant: str, row: Sequence) -> dict:
     """A project as the SDK's TracerSession(Result) reads it."""
-    session_id, name, description, extra, start_time = row
+    session_id, name, description, extra, start_time, trace_tier, retention_days, longlived_ttl_days = row
     return {
         "id": str(session_id),
         "name": name,
@@ -64,12 +67,16 @@ def session_json(tenant: str, row: Sequence) -> dict:
         "end_time": None,
         "tenant_id": str(tenant_id(tenant)),
         "reference_dataset_id": None,
+        "trace_tier": trace_tier or "shortlived",
+        "retention_days": retention_days,
+        "longlived_ttl_days": longlived_ttl_days,
     }
 
 
-def new_project(body: bytes) -> tuple[str, str | None, dict | None]:
-    """POST /sessions's body: (name, description, extra). The id a client sends is not kept: a
-    project's id is derived from its name."""
+def new_project(body: bytes, patch: bool = False) -> tuple[str | None, str | None, dict | None, dict]:
+    """POST /sessions's body: (name, description, extra, retention fields given). The id a client
+    sends is not kept: a project's id is derived from its name. With ``patch`` (PATCH
+    /sessions/{id}) the name may be null."""
     try:
         fields = json.loads(body)
     except (ValueError, UnicodeError):
@@ -77,7 +84,9 @@ def new_project(body: bytes) -> tuple[str, str | None, dict | None]:
     if not isinstance(fields, dict):
         raise RunError(400, "body must be a JSON object")
     name, description, extra = fields.get("name"), fields.get("description"), fields.get("extra")
-    if not isinstance(name, str) or not name or len(name) > MAX_PROJECT_NAME_CHARS or "\x00" in name:
+    if not (patch and name is None) and (
+        not isinstance(name, str) or not name or len(name) > MAX_PROJECT_NAME_CHARS or "\x00" in name
+    ):
         raise RunError(400, f"name must be a string of 1 to {MAX_PROJECT_NAME_CHARS} characters")
     if description is not None and (not isinstance(description, str) or "\x00" in description):
         raise RunError(400, "description must be a string")
@@ -88,7 +97,7 @@ def new_project(body: bytes) -> tuple[str, str | None, dict | None]:
             raise RunError(
                 400, "name, description and extra must be storable text (no NUL, no lone surrogate)"
             )
-    return name, description, extra
+    return name, description, extra, policy.project_fields(fields)
 
 
 def _storable(text: str) -> bool:
@@ -137,10 +146,14 @@ def _number(args: dict[str, list[str]], name: str, default: int, low: int, high:
 
 
 CREATE = (
-    f"INSERT INTO sessions (tenant, id, name, description, extra) VALUES (%s, %s, %s, %s, %s::jsonb)"
-    f" ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+    f"INSERT INTO sessions (tenant, id, name, description, extra, {', '.join(RETENTION_FIELDS)})"
+    f" VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
 )
-UPDATE = (
-    "UPDATE sessions SET description = coalesce(%s, description), extra = coalesce(%s::jsonb, extra)"
-    f" WHERE tenant = %s AND name = %s RETURNING {COLUMNS}"
-)
+
+
+def update_sql(where: str, retention: dict) -> str:
+    """UPDATE of a project: description and extra when not null, the retention fields given
+    (policy.project_fields) as they are; params: description, extra, *retention values, *where's."""
+    sets = ["description = coalesce(%s, description)", "extra = coalesce(%s::jsonb, extra)"]
+    sets += [f"{name} = %s" for name in retention]  # names from policy.FIELDS only
+    return f"UPDATE sessions SET {', '.join(sets)} WHERE {where} RETURNING {COLUMNS}"

@@ -93,13 +93,18 @@ class RunHandler(IngestHandler):
         if tenant is None:
             return
         try:
-            found = await self.db.find_run(tenant, uuid_argument(run_id, "run id"))
+            run = uuid_argument(run_id, "run id")
+            found = await self.db.find_run(tenant, run)
             tail = await stats_tail(self.db, tenant, run_id) if found is not None else b""
         except RunError as e:
             return self.fail(e)
         if found is None:
             return self.fail(RunError(404, f"run {run_id} not found"))
-        await relay(self, self.store, found.location, found.size, "application/json", tail)
+
+        async def still_stored() -> bool:
+            return await self.db.find_run(tenant, run) is not None
+
+        await relay(self, self.store, found.location, found.size, "application/json", tail, still_stored)
 
 
 class AttachmentHandler(IngestHandler):
@@ -113,13 +118,18 @@ class AttachmentHandler(IngestHandler):
         if tenant is None:
             return
         try:
-            found = await self.db.find_attachment(tenant, uuid_argument(run_id, "run id"), name)
+            run = uuid_argument(run_id, "run id")
+            found = await self.db.find_attachment(tenant, run, name)
         except RunError as e:
             return self.fail(e)
         if found is None:
             return self.fail(RunError(404, f"run {run_id} has no attachment {name!r}"))
         key, content_type, size = found
-        await relay(self, self.store, Location(key), size, content_type)
+
+        async def still_stored() -> bool:
+            return await self.db.find_attachment(tenant, run, name) is not None
+
+        await relay(self, self.store, Location(key), size, content_type, still_stored=still_stored)
 
 
 def routes(ingest_deps: dict) -> list[tuple]:

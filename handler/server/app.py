@@ -10,6 +10,7 @@ from handler.otel import handlers as otel
 from handler.query import extract
 from handler.query import handlers as query_v2
 from handler.read import projects, query
+from handler.retention import handlers as retention
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
 from handler.runs.ingest_handler import InFlight
@@ -37,6 +38,7 @@ def make_app(
             *query.routes(deps),
             *query_v2.routes(deps),
             *projects.routes(deps),
+            *retention.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),
             *feedback.routes(ingest_deps),

@@ -78,6 +78,10 @@ class Settings:
     linger_max_seconds: float = 60
     max_feedback_bytes: int = MIB
     otlp_max_body_bytes: int = 32 * MIB
+    retention_days: int | None = None
+    retention_long_days: int | None = None
+    retention_sweep_seconds: int = 3600
+    retention_batch_rows: int = 2000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -138,6 +142,12 @@ class Settings:
         for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "LINGER_MAX_SECONDS"):
             if get_int(name, 0) < 0:
                 raise SystemExit(f"run-handler: {name} cannot be negative")
+        retention_days = _days(get("RETENTION_DAYS", ""), "RETENTION_DAYS")
+        retention_long_days = _days(get("RETENTION_LONG_DAYS", ""), "RETENTION_LONG_DAYS")
+        if get_int("RETENTION_BATCH_ROWS", 2000) < 1:
+            raise SystemExit("run-handler: RETENTION_BATCH_ROWS must be at least 1")
+        if get_int("RETENTION_SWEEP_SECONDS", 3600) < 0:
+            raise SystemExit("run-handler: RETENTION_SWEEP_SECONDS cannot be negative (0: never sweep)")
 
         try:
             api_keys = ApiKeys(get("API_KEYS", ""))
@@ -186,6 +196,10 @@ class Settings:
             keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 75),
             max_connections=get_int("MAX_CONNECTIONS", 0),
             linger_max_seconds=get_int("LINGER_MAX_SECONDS", 60),
+            retention_days=retention_days,
+            retention_long_days=retention_long_days,
+            retention_sweep_seconds=get_int("RETENTION_SWEEP_SECONDS", 3600),
+            retention_batch_rows=get_int("RETENTION_BATCH_ROWS", 2000),
         )
 
     @property
@@ -193,3 +207,12 @@ class Settings:
         """The form yoyo-migrations wants."""
         user, password = quote(self.db_user, safe=""), quote(self.db_password, safe="")
         return f"postgresql://{user}:{password}@{self.db_host}:{self.db_port}/{self.db_name}"
+
+
+def _days(raw: str, name: str) -> int | None:
+    """A retention period in whole days; empty: for ever."""
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 36500:
+        raise SystemExit(f"run-handler: {name} must be a whole number of days from 1 to 36500, got {raw!r}")
+    return int(raw)

@@ -20,6 +20,7 @@ from handler.feedback.store import INSERT as INSERT_FEEDBACK
 from handler.feedback.store import conflict_message, insert_params
 from handler.read.sessions import UPSERT as UPSERT_SESSIONS
 from handler.read.sessions import with_sessions
+from handler.retention.policy import MARK_FEEDBACK, feedback_marks
 from handler.server.config import Settings
 from handler.store.rows import (
     INSERT,
@@ -107,6 +108,11 @@ class Database:
             "timeout": _CLIENT_TIMEOUT_S,
             "options": f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
         }
+
+    def connect(self):
+        """A connection of its own, outside the pool (``async with db.connect() as conn``): for work
+        that holds one for long, such as a retention sweep and its advisory lock."""
+        return aiopg.connect(**self._connect_args())
 
     async def start(self) -> None:
         self._pool = await aiopg.create_pool(
@@ -204,6 +210,9 @@ class Database:
                 await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
             if feedback:  # after the runs: a feedback without a trace_id takes its run's
                 await cur.execute(INSERT_FEEDBACK, insert_params(tenant, feedback))
+                marks = feedback_marks(tenant, feedback)
+                if marks is not None:  # the trace moves to the long tier (handler/retention)
+                    await cur.execute(MARK_FEEDBACK, marks)
         except BaseException as e:
             with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
                 await cur.execute("ROLLBACK")

@@ -65,6 +65,14 @@ class Location(NamedTuple):
     offset: int | None = None
 
 
+class ObjectGone(RunError):
+    """The bucket has no such object (S3 404): deleted since its row was read (a retention sweep),
+    or lost. A 503 unless the reader finds that the row is gone too (read/runs.py relay)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(503, f"object storage unavailable (get): {key} is not in the bucket")
+
+
 def storage_error(action: str, error: Exception) -> RunError:
     return RunError(503, f"object storage unavailable ({action}): {error}")
 
@@ -258,7 +266,9 @@ class ObjectStore:
                     return
                 async for chunk in response.content.iter_chunked(READ_CHUNK_BYTES):
                     yield chunk
-        except (TimeoutError, S3Error, aiohttp.ClientError, OSError) as e:
+        except S3Error as e:
+            raise (ObjectGone(key) if e.status == 404 else storage_error("get", e)) from e
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise storage_error("get", e) from e
 
     async def read_all(self, location: Location, size: int) -> bytes:
