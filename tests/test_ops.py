@@ -77,6 +77,10 @@ FAMILIES = {
     "run_handler_open_connections": "gauge",
     "run_handler_connections_refused": "counter",
     "run_handler_connections_timed_out": "counter",
+    "run_handler_group_requests": "histogram",
+    "run_handler_group_runs": "histogram",
+    "run_handler_group_puts": "counter",
+    "run_handler_group_waiting_requests": "gauge",
 }
 
 
