@@ -194,6 +194,28 @@ def test_two_patches_of_one_run_in_a_group_one_wins_the_other_is_409(grouped, db
     assert row_count(db, [r["id"] for r in good]) == 2
 
 
+def test_a_post_and_a_patch_of_one_run_in_a_group_are_merged(grouped, db, settings):
+    """The patch finds no run when it comes (its post is not committed yet), so both write the
+    id: inside the group one of them is told so (WrittenMeanwhile), merges with the other's bytes
+    in the shared segment, and commits in the next group."""
+    late = run(id=str(uuid.uuid4()), name="posted", outputs=None)
+    first, good = batches(2)
+    answers = two_groups(
+        grouped,
+        db,
+        settings,
+        batch(*first),
+        [
+            ("PATCH", f"/runs/{late['id']}", b'{"outputs": {"answer": "patched"}}'),
+            ("POST", "/runs", batch(late, *good)),
+        ],
+    )
+    assert [a.status for a in answers] == [201, 200, 201]
+    stored = json.loads(grouped.client.get(f"/runs/{late['id']}").body)
+    assert stored["name"] == "posted" and stored["outputs"] == {"answer": "patched"}
+    assert row_count(db, [late["id"]] + [r["id"] for r in good]) == 3
+
+
 @owns_services
 def test_postgres_stopped_mid_flush_fails_the_group_503_and_leaves_nothing(tmp_path, store, db, settings):
     srv = start_server(tmp_path, "group-pg", **GROUPED)
