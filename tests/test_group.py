@@ -155,6 +155,20 @@ def test_requests_that_end_together_share_one_segment_and_one_transaction(groupe
     assert re.search(r'^run_handler_group_requests_bucket\{le="4.0"\} [1-9]', metrics, re.M)
 
 
+def test_a_group_takes_at_most_group_max_requests(tmp_path, db, settings):
+    srv = start_server(tmp_path, "group-cap", GROUP_MAX_REQUESTS="2", **GROUPED)
+    try:
+        first, *rest = batches(5)
+        answers = two_groups(srv, db, settings, batch(*first), [("POST", "/runs", batch(*b)) for b in rest])
+        assert [a.status for a in answers] == [201] * 5
+        groups = group_ids(srv)[-4:]
+        assert sorted(groups.count(g) for g in set(groups)) == [2, 2]
+        keys = {key for key, _, _ in rows_of(db, [r["id"] for b in rest for r in b]).values()}
+        assert len(keys) == 2  # one shared segment per group
+    finally:
+        srv.stop()
+
+
 def test_a_repeated_id_in_a_group_is_409_for_its_request_alone(grouped, db, settings):
     taken = run(id=str(uuid.uuid4()))
     assert grouped.client.post(batch(taken)).status == 201
