@@ -9,6 +9,7 @@ then the lock goes and that group flushes with one PUT and one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -18,9 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg2
 import pytest
 
+from handler.store.db import Database
 from handler.store.group import _shared_segment
 from handler.store.objects import Location
+from handler.store.rows import RunRow
 from handler.store.segments import Segment
+from handler.store.transaction import Writes, write_group
 from tests.client import HttpClient
 from tests.runs import batch, run
 from tests.server import Server, run_handler, start_server
@@ -49,6 +53,43 @@ def test_a_shared_segment_is_the_tails_joined_and_every_run_moves_to_its_bytes()
         assert moved.key == key and data[moved.offset : moved.offset + len(body)] == body
     assert moves[0](Location("elsewhere", 5)) == Location("elsewhere", 5)
     assert _shared_segment("t", [None, None])[0] is None
+
+
+def test_a_requests_extra_statements_commit_or_roll_back_with_its_rows(settings, db):
+    """The extension point for rows of other kinds: each request's ``extra`` statements run in its
+    part of the group's transaction; one that is refused takes its request's rows with it, and
+    only those."""
+    key = f"default/segments/2000-01-01/{uuid.uuid4().hex}.json"
+    rows = [
+        RunRow(uuid.uuid4(), uuid.uuid4(), f"extra {i}", key, 10, object_offset=1 + 20 * i) for i in range(2)
+    ]
+    project = uuid.uuid4()
+    extra = (
+        "INSERT INTO sessions (tenant, id, name) VALUES (%s, %s, %s)",
+        ("default", str(project), str(project)),
+    )
+    ok = Writes([rows[0]], extra=[extra])
+    refused = Writes([rows[1]], extra=[("SELECT 1 / %s", (0,))])  # division by zero: SQLSTATE 22012
+
+    async def write() -> list:
+        database = Database(settings)
+        await database.start()
+        try:
+            return await write_group(database, "default", [ok, refused])
+        finally:
+            await database.close()
+
+    try:
+        outcomes = asyncio.run(write())
+        assert outcomes[0] is None and outcomes[1].status == 400
+        assert row_count(db, [str(rows[0].id)]) == 1 and row_count(db, [str(rows[1].id)]) == 0
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM sessions WHERE id = %s", (str(project),))
+            assert cur.fetchone()[0] == 1
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DELETE FROM runs WHERE object_key = %s", (key,))
+            cur.execute("DELETE FROM sessions WHERE id = %s", (str(project),))
 
 
 class TableLock:
@@ -150,7 +191,8 @@ def test_requests_that_end_together_share_one_segment_and_one_transaction(groupe
             _, offset, size = rows[r["id"]]
             assert json.loads(data[offset : offset + size]) == r
             assert grouped.client.get(f"/runs/{r['id']}").body == data[offset : offset + size]
-    assert len(set(group_ids(grouped)[-4:])) == 1  # the access log names their group
+    last = group_ids(grouped)[-5:]  # the access log names each request's group
+    assert sorted(last.count(g) for g in set(last)) == [1, 4]
     metrics = grouped.client.get("/metrics").body.decode()
     assert re.search(r'^run_handler_group_requests_bucket\{le="4.0"\} [1-9]', metrics, re.M)
 
@@ -161,10 +203,13 @@ def test_a_group_takes_at_most_group_max_requests(tmp_path, db, settings):
         first, *rest = batches(5)
         answers = two_groups(srv, db, settings, batch(*first), [("POST", "/runs", batch(*b)) for b in rest])
         assert [a.status for a in answers] == [201] * 5
-        groups = group_ids(srv)[-4:]
-        assert sorted(groups.count(g) for g in set(groups)) == [2, 2]
-        keys = {key for key, _, _ in rows_of(db, [r["id"] for b in rest for r in b]).values()}
-        assert len(keys) == 2  # one shared segment per group
+        rows = rows_of(db, [r["id"] for b in rest for r in b])
+        (first_key,) = {rows_of(db, [r["id"] for r in first])[r["id"]][0] for r in first}
+        keys = []  # the shared segment of each request (one per group)
+        for b in rest:
+            (key,) = {rows[r["id"]][0] for r in b}
+            keys.append(key)
+        assert first_key not in keys and sorted(keys.count(k) for k in set(keys)) == [2, 2]
     finally:
         srv.stop()
 

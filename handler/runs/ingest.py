@@ -27,11 +27,11 @@ from handler.runs.schema import REQUIRED, Run
 from handler.runs.splitter import RunPart, parse_run
 from handler.server.config import Settings
 from handler.store.db import CommitUnknown, Database, committed_keys
-from handler.store.group import GroupCommitUnknown, Relocate, committer
+from handler.store.group import GroupCommitUnknown, Relocate, committer, unmoved
 from handler.store.objects import Location, ObjectStore
 from handler.store.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
 from handler.store.segments import Packer, Segment
-from handler.store.transaction import Writes
+from handler.store.transaction import Writes, write_group
 from handler.store.uploads import PartsUpload, Uploads
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,11 @@ class BatchIngest:
                 if self._packer is not None:
                     await self._packer.flush()
                 await self._uploads.wait_all()
+                if self.extra_statements:  # written in one transaction with the rows
+                    (refused,) = await write_group(self._db, self.tenant, [self.writes(unmoved)])
+                    if refused is not None:
+                        raise refused
+                    return
                 await self._db.write_batch(
                     self.tenant,
                     list(self._rows.values()),

@@ -85,7 +85,7 @@ def _relocator(old_key: str, new_key: str, shift: int) -> Relocate:
     return relocate
 
 
-def _unmoved(location: Location) -> Location:
+def unmoved(location: Location) -> Location:
     return location
 
 
@@ -206,7 +206,7 @@ class GroupCommitter:
             if key is not None:
                 await self._delete(key)  # nothing committed: no row points at it
             raise
-        holders = [o for o, move in zip(outcomes, moves, strict=True) if move is not _unmoved]
+        holders = [o for o, move in zip(outcomes, moves, strict=True) if move is not unmoved]
         if key is not None and all(o is not None for o in holders):
             await self._delete(key)  # each request with runs in it was refused: none points at it
         return outcomes
@@ -250,14 +250,14 @@ def _shared_segment(tenant: str, tails: Sequence[Segment | None]) -> tuple[str |
     """The shared segment's key and bytes, and how each member's tail locations move into it
     (a tail's runs keep their order and separators, so each moves by one constant)."""
     if not any(t is not None and t.runs for t in tails):
-        return None, b"", [_unmoved] * len(tails)
+        return None, b"", [unmoved] * len(tails)
     key = segment_key(tenant)
     pieces: list[bytes | bytearray | memoryview] = [b"["]
     position = 1
     moves: list[Relocate] = []
     for tail in tails:
         if tail is None or not tail.runs:
-            moves.append(_unmoved)
+            moves.append(unmoved)
             continue
         if position > 1:
             pieces.append(SEPARATOR)
