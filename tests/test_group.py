@@ -329,23 +329,26 @@ def test_minio_stopped_before_a_groups_put_fails_it_503_and_writes_no_row(tmp_pa
 def test_kill_9_mid_flush_loses_no_acknowledged_run_and_leaves_waiting_requests_out(
     tmp_path, store, db, settings
 ):
-    srv = start_server(tmp_path, "group-kill9", **GROUPED)
     acked, first, *rest = batches(5)
     before = store.snapshot()
-    assert srv.client.post(batch(*acked)).status == 201
-    sent = {r["id"]: srv.client.get(f"/runs/{r['id']}").body for r in acked}
-    lock = TableLock(settings)
-    pool = ThreadPoolExecutor(4)
+    srv = start_server(tmp_path, "group-kill9", **GROUPED)
+    lock = pool = None
     try:
+        assert srv.client.post(batch(*acked)).status == 201
+        sent = {r["id"]: srv.client.get(f"/runs/{r['id']}").body for r in acked}
+        lock = TableLock(settings)
+        pool = ThreadPoolExecutor(4)
         futures = [answer(pool, srv.client, batch(*first))]
         assert wait_for(lambda: blocked_writes(db) >= 1)
         futures += [answer(pool, srv.client, batch(*b)) for b in rest]
         assert wait_for(lambda: waiting_in_groups(srv.client) == 4)
-        srv.process.kill()
-        srv.process.wait()
     finally:
-        lock.release()
-        pool.shutdown()
+        srv.process.kill()  # the fault under test; and no server is left if the test failed earlier
+        srv.process.wait()
+        if lock is not None:
+            lock.release()
+        if pool is not None:
+            pool.shutdown()
     for f in futures:
         assert f.exception() is not None or f.result().status >= 500  # none was acknowledged
     restarted = start_server(tmp_path, "group-kill9-restarted")
