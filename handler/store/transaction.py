@@ -124,7 +124,7 @@ async def _fast(cur, tenant: str, parts: Sequence[Writes], db: Database, backend
         await cur.execute("; ".join(["BEGIN", *sql]), params)
         if patched:
             repointed = await cur.fetchall()
-    except BaseException as e:
+    except Exception as e:  # a cancellation (shutdown) is not a refusal: it goes up as it is
         if not _is_fault(e):
             await _rollback(cur)
             raise _Refused from e
@@ -201,7 +201,7 @@ async def _refusal(cur, db: Database, tenant: str, part: Writes, error: psycopg2
 async def _commit(cur, db: Database, parts: Sequence[Writes], backend, outcomes: list) -> None:
     try:
         await cur.execute("COMMIT")
-    except BaseException as e:
+    except Exception as e:
         if not _is_fault(e):
             raise database_error(e) from e  # refused: rolled back
         await _settle(db, parts, backend, e, outcomes)
