@@ -131,6 +131,8 @@ benchmark: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.ingest_cpu | tee .benchmarks/ingest_cpu.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.query_1m
 	$(TEST_ENV) $(BIN)/python -m benchmarks.otlp | tee .benchmarks/otlp.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.latency | tee .benchmarks/latency.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.row_write | tee .benchmarks/row_write.txt
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup

@@ -1,7 +1,7 @@
 """Sustained concurrent load on a real server process, with byte-for-byte verification afterwards.
 
     RUN_HANDLER_ENV=test python -m benchmarks.load [--clients 32] [--seconds 60]
-                                                   [--runs-per-batch 20] [--run-kb 4] [--quick]
+                                                   [--runs-per-batch 20] [--run-kb 4] [--quick] [--sdk]
                                                    [--workers N] [--instances N] [--url URL]
                                                    [--kill-worker-after S]
 
@@ -16,7 +16,9 @@ their clients send them again, as an SDK would (counted apart from errors).
 Then ``--clients`` threads, each with its own connections, stream batches of generated runs
 (non-ASCII, escapes, big integers, ``0.1``, ``1e400``, nested arrays, odd whitespace; some runs
 carry their own id) in 64 KB chunks until the deadline. Every answer is checked: 201, one id per
-run, and the client's own id where it sent one.
+run, and the client's own id where it sent one. ``--sdk`` sends what the langsmith SDK sends instead
+(sdk_shaped.py: multipart, zstd, a post and a patch per run, 1-10 runs a request), checked as 202
+with the posted ids; its sampled runs are checked field by field (name, inputs, outputs).
 
 After the deadline a random sample of the stored runs is read back with GET and compared byte for
 byte with what was sent, and PostgreSQL is asked whether the rows added match the runs
@@ -50,6 +52,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import psycopg2.errors
 
+from benchmarks import sdk_shaped
 from benchmarks.cpu import _children, machine_cpu, process_cpu, services, tree_cpu
 from benchmarks.rss_stream import status_kb
 from handler.server.config import Settings
@@ -170,6 +173,7 @@ class Sample:
     sent: bytes
     own_id: str | None
     returned_id: str
+    sdk: bool = False  # sent by --sdk: ``sent`` is the JSON of the fields GET must give back
 
 
 @dataclass
@@ -219,27 +223,39 @@ def client_loop(
     seed: int,
     stats: ClientStats,
     retries: int = 0,
+    sdk_kb: float | None = None,
 ) -> None:
+    """``sdk_kb``: send SDK-shaped requests (sdk_shaped.py) with runs of about that many KB."""
     rng = random.Random(seed * 1000 + index)
     client = HttpClient(*target)
     seq = 0
+    post_args: tuple = ("/runs", "application/json", None)
+    status = 201
+    if sdk_kb is not None:
+        post_args = (sdk_shaped.PATH, sdk_shaped.CONTENT_TYPE, sdk_shaped.HEADERS)
+        status = sdk_shaped.STATUS
     for batch_no in range(MAX_BATCHES_PER_CLIENT):
         if time.monotonic() >= deadline:
             break
         runs: list[bytes] = []
         own_ids: list[str | None] = []
-        for _ in range(runs_per_batch):
-            own_id = str(uuid.uuid4()) if rng.random() < 0.25 else None
-            name = f"load c{index} b{batch_no} r{seq} {rng.choice(_WORDS)}"
-            runs.append(factory.run(rng, name, seq, own_id))
-            own_ids.append(own_id)
-            seq += 1
-        body = batch_body(rng, runs)
+        if sdk_kb is not None:
+            body, expected = sdk_shaped.sdk_request(rng, sdk_kb, f"load c{index} b{batch_no}", _text)
+            own_ids = [run_id for run_id, _ in expected]
+            runs = [fields for _, fields in expected]
+        else:
+            for _ in range(runs_per_batch):
+                own_id = str(uuid.uuid4()) if rng.random() < 0.25 else None
+                name = f"load c{index} b{batch_no} r{seq} {rng.choice(_WORDS)}"
+                runs.append(factory.run(rng, name, seq, own_id))
+                own_ids.append(own_id)
+                seq += 1
+            body = batch_body(rng, runs)
         chunks = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
         start = time.perf_counter()
         for attempt in range(retries + 1):
             try:
-                response = client.post(chunks)
+                response = client.post(chunks, *post_args)
                 break
             except Exception as e:  # noqa: BLE001 -- every failure is counted, none stops the load
                 if attempt < retries:
@@ -254,7 +270,7 @@ def client_loop(
             stats.unanswered_runs += len(runs)  # stored by the attempt whose answer died with the worker
             continue
         elapsed = time.perf_counter() - start
-        if response.status != 201:
+        if response.status != status:
             stats.error(f"client {index} batch {batch_no}: {response.status} {response.body[:300]!r}")
             time.sleep(0.05)
             continue
@@ -279,7 +295,10 @@ def client_loop(
             stats.error(f"client {index} batch {batch_no}: runs {wrong[:5]} came back with other ids")
             continue
         if rng.randrange(sample_every) == 0 and budget.take():
-            stats.samples.extend(Sample(r, own, got) for r, own, got in zip(runs, own_ids, ids, strict=True))
+            stats.samples.extend(
+                Sample(r, own, got, sdk_kb is not None)
+                for r, own, got in zip(runs, own_ids, ids, strict=True)
+            )
 
 
 def rss_monitor(rss, stop: threading.Event, max_samples: int, out: list[tuple[float, int]]) -> None:
@@ -294,7 +313,12 @@ def rss_monitor(rss, stop: threading.Event, max_samples: int, out: list[tuple[fl
 
 
 def verify(target: tuple[str, int], sample: Sample) -> str | None:
-    """None if GET returns exactly what was sent (plus the id when the client sent none)."""
+    """None if GET returns exactly what was sent (plus the id when the client sent none); for an
+    SDK-shaped run, the fields that were sent."""
+    if sample.sdk:
+        response = HttpClient(*target).get(f"/runs/{sample.returned_id}")
+        problem = sdk_shaped.matches(response.body, sample.sent) if response.status == 200 else "not found"
+        return None if problem is None else f"{sample.returned_id}: {problem}"
     expected = sample.sent if sample.own_id is not None else with_id(sample.sent, sample.returned_id)
     try:
         response = HttpClient(*target).get(f"/runs/{sample.returned_id}")
@@ -386,6 +410,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-per-batch", type=int, default=20)
     parser.add_argument("--run-kb", type=float, default=4, help="average run size in KB (0.5x to 1.5x)")
     parser.add_argument("--quick", action="store_true", help="8 clients for 10 s")
+    parser.add_argument(
+        "--sdk",
+        action="store_true",
+        help="SDK-shaped requests: multipart, zstd, a post and a patch per run, 1-10 runs each",
+    )
     parser.add_argument("--sample-every", type=int, default=50, help="verify about 1 batch in N")
     parser.add_argument("--max-sampled-batches", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
@@ -527,18 +556,26 @@ def run_load(args: argparse.Namespace) -> dict:
         # client, so that every worker and instance gets some).
         warm_rng = random.Random(args.seed)
         for _ in range(min(args.clients, 8)):
-            warm_runs = [factory.run(warm_rng, "warm-up", i, None) for i in range(args.runs_per_batch)]
-            warm = client.post(batch_body(warm_rng, warm_runs))
-            if warm.status != 201:
+            if args.sdk:
+                body, _ = sdk_shaped.sdk_request(warm_rng, args.run_kb, "warm-up", _text)
+                warm = client.post(body, sdk_shaped.PATH, sdk_shaped.CONTENT_TYPE, sdk_shaped.HEADERS)
+            else:
+                warm_runs = [factory.run(warm_rng, "warm-up", i, None) for i in range(args.runs_per_batch)]
+                warm = client.post(batch_body(warm_rng, warm_runs))
+            if warm.status != (sdk_shaped.STATUS if args.sdk else 201):
                 raise SystemExit(f"warm-up batch answered {warm.status}: {warm.body[:500]!r}")
             all_ids.extend(warm.json()["ids"])
         rss_before = target.rss_kb("VmRSS")
         rows_before = count_rows(conn)
 
+        shape = (
+            f"SDK-shaped: multipart, zstd, a post and a patch per run, 1-10 runs of ~{args.run_kb:g} KB"
+            if args.sdk
+            else f"{args.runs_per_batch} runs of ~{args.run_kb:g} KB per batch, 25% with their own id"
+        )
         print(
             f"{target.describe()}; database {settings.db_name}, bucket {args.bucket}; "
-            f"WORKERS={args.workers}, {args.clients} clients for {args.seconds:g} s, "
-            f"{args.runs_per_batch} runs of ~{args.run_kb:g} KB per batch, 25% with their own id",
+            f"WORKERS={args.workers}, {args.clients} clients for {args.seconds:g} s, {shape}",
             flush=True,
         )
         stats = [ClientStats() for _ in range(args.clients)]
@@ -561,6 +598,7 @@ def run_load(args: argparse.Namespace) -> dict:
                     args.seed,
                     stats[i],
                     retries,
+                    args.run_kb if args.sdk else None,
                 ),
                 daemon=True,
             )

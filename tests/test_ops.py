@@ -82,6 +82,10 @@ FAMILIES = {
     "run_handler_retention_runs_deleted": "counter",
     "run_handler_retention_bytes_deleted": "counter",
     "run_handler_retention_objects_deleted": "counter",
+    "run_handler_group_requests": "histogram",
+    "run_handler_group_runs": "histogram",
+    "run_handler_group_puts": "counter",
+    "run_handler_group_waiting_requests": "gauge",
 }
 
 

@@ -125,6 +125,36 @@ CONNECTIONS_TIMED_OUT = Counter(
 for _wait in ("header", "keepalive"):
     CONNECTIONS_TIMED_OUT.labels(_wait)
 
+GROUP_REQUESTS = Histogram(
+    "run_handler_group_requests",
+    "Requests per group commit (store/group.py): its _count is the transactions of ingesting "
+    "requests, its _sum the requests, so _count / _sum is transactions per request.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
+"""How well small requests share their PUT and their transaction."""
+
+GROUP_RUNS = Histogram(
+    "run_handler_group_runs",
+    "Runs per group commit.",
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384),
+    registry=REGISTRY,
+)
+
+GROUP_PUTS = Counter(
+    "run_handler_group_puts_total",
+    "Shared segments uploaded by group commits (one PUT each); with objects_written_total and "
+    "group_requests_sum this gives PUTs per request.",
+    registry=REGISTRY,
+)
+
+GROUP_WAITING = Gauge(
+    "run_handler_group_waiting_requests",
+    "Requests whose body has ended, waiting for their group to commit.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+
 
 def exposition() -> bytes:
     """The text format of every metric: this process's, or with WORKERS > 1, all workers' summed."""

@@ -20,14 +20,19 @@ from collections.abc import Callable
 
 from handler.base.errors import RunError
 from handler.feedback.schema import FeedbackRow
+from handler.feedback.store import INSERT as INSERT_FEEDBACK
+from handler.feedback.store import insert_params
+from handler.retention.policy import MARK_FEEDBACK, feedback_marks
 from handler.runs.merge import build_object, merged, object_fields
 from handler.runs.schema import REQUIRED, Run
 from handler.runs.splitter import RunPart, parse_run
 from handler.server.config import Settings
 from handler.store.db import CommitUnknown, Database, committed_keys
+from handler.store.group import GroupCommitUnknown, Relocate, committer, unmoved
 from handler.store.objects import Location, ObjectStore
 from handler.store.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
-from handler.store.segments import Packer
+from handler.store.segments import Packer, Segment
+from handler.store.transaction import Writes, write_group
 from handler.store.uploads import PartsUpload, Uploads
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ class BatchIngest:
     ) -> None:
         """``on_freed`` is called whenever an upload ends (its bytes are no longer held)."""
         self.tenant = tenant
+        self._on_freed = on_freed
         self._store = store
         self._db = db
         self._settings = settings
@@ -86,6 +92,13 @@ class BatchIngest:
         self._superseded: list[Location] = []  # what no run points at once this request commits
         self._feedback: dict[uuid.UUID, FeedbackRow] = {}  # written with the rows, held until then
         self._feedback_bytes = 0
+        self._group = committer(store, db, settings)  # None: group commit is off
+        self._tail: Segment | None = None  # the open segment, handed to a group
+        self._tail_keys: set[str] = set()  # keys of tails given to groups (never uploaded as such)
+        self.group_id: str | None = None  # the group it joined last (access log)
+        # Further statements (sql, params) written with this request's rows, in its part of the
+        # group's transaction: the way for rows of other kinds (feedback) to be all or nothing with it.
+        self.extra_statements: list[tuple[str, tuple]] = []
 
     @property
     def aborted(self) -> bool:
@@ -97,14 +110,21 @@ class BatchIngest:
 
     @property
     def object_count(self) -> int:
-        return self._uploads.objects
+        """Its own objects, and each shared segment that its tail went into."""
+        return self._uploads.objects + len(self._tail_keys)
 
     @property
     def held_bytes(self) -> int:
-        """Bytes held for this request's uploads (in flight, waiting to start, the open segment)
-        and its feedback."""
+        """Bytes held for this request's uploads (in flight, waiting to start, the open segment, or
+        the tail waiting in its group) and its feedback."""
         packed = self._packer.held_bytes if self._packer is not None else 0
-        return self._uploads.held_bytes + packed + self._feedback_bytes
+        tail = len(self._tail.data) if self._tail is not None else 0
+        return self._uploads.held_bytes + packed + tail + self._feedback_bytes
+
+    @property
+    def tail(self) -> Segment | None:
+        """For the group: the runs not yet in an uploaded segment."""
+        return self._tail
 
     async def add_run(self, run: Run) -> None:
         """A run to create; its upload starts now (or when its segment is sealed)."""
@@ -213,14 +233,12 @@ class BatchIngest:
         """The request has ended: wait for the uploads, then write every row in one transaction.
 
         Returns the ids of the runs created and of the runs patched."""
-        await self._wait_uploads()
         try:
-            await self._write()
+            await self._upload_and_write()
         except WrittenMeanwhile as e:  # a post and a patch of one run came apart: merge, retry
             await self._merge_posts_under_patches(e.posts)
             await self._apply_patches_stored_alone(e.patches)
-            await self._wait_uploads()
-            await self._write()
+            await self._upload_and_write()
         await self._drop_superseded()
         result = {
             "ids": [str(i) for i in self._posted],
@@ -230,25 +248,70 @@ class BatchIngest:
             result["feedback"] = [str(i) for i in self._feedback]
         return result
 
-    async def _wait_uploads(self) -> None:
-        if self._packer is not None:
-            await self._packer.flush()
-        await self._uploads.wait_all()
-
-    async def _write(self) -> None:
+    async def _upload_and_write(self) -> None:
+        """Alone: seal the open segment, wait for every upload, write the rows. In a group
+        (store/group.py): wait for the uploads, then hand the open segment and the rows to the
+        group, which answers once it has committed; a tail it gives back comes back untouched."""
         try:
-            await self._db.write_batch(
-                self.tenant,
-                list(self._rows.values()),
-                list(self._replaced.values()),
-                self._attachments,
-                list(self._feedback.values()),
-            )
+            if self._group is None:
+                if self._packer is not None:
+                    await self._packer.flush()
+                await self._uploads.wait_all()
+                if self.extra_statements:  # written in one transaction with the rows
+                    (refused,) = await write_group(self._db, self.tenant, [self.writes(unmoved)])
+                    if refused is not None:
+                        raise refused
+                    return
+                await self._db.write_batch(
+                    self.tenant,
+                    list(self._rows.values()),
+                    list(self._replaced.values()),
+                    self._attachments,
+                    list(self._feedback.values()),
+                )
+                return
+            self._tail = await self._packer.detach() if self._packer is not None else None
+            if self._tail is not None:
+                self._tail_keys.add(self._tail.key)
+            try:
+                await self._uploads.wait_all()
+                await self._group.commit(self.tenant, self)
+            except WrittenMeanwhile:
+                if self._tail is not None:
+                    self._packer.restore(self._tail)
+                raise
+            finally:
+                self._tail = None
+                if self._on_freed is not None:
+                    self._on_freed()
         except RunError as e:
             index = self._index.get(e.run_id)
             if e.index is None and index is not None:
                 raise RunError(e.status, f"run {index}: {e.reason}", index) from e
             raise
+
+    def writes(self, relocate: Relocate) -> Writes:
+        """For the group: the rows to write, those in the tail moved into the shared segment."""
+
+        def moved(row: RunRow) -> RunRow:
+            location = row.location
+            new = relocate(location)
+            return row if new is location else row._replace(object_key=new.key, object_offset=new.offset)
+
+        extra = list(self.extra_statements)
+        feedback = list(self._feedback.values())
+        if feedback:  # after the runs: a feedback without a trace_id takes its run's
+            extra.append((INSERT_FEEDBACK, insert_params(self.tenant, feedback)))
+            marks = feedback_marks(self.tenant, feedback)
+            if marks is not None:  # the trace moves to the long tier (handler/retention)
+                extra.append((MARK_FEEDBACK, marks))
+        return Writes(
+            [moved(r) for r in self._rows.values()],
+            [r._replace(row=moved(r.row)) for r in self._replaced.values()],
+            list(self._attachments),
+            extra,
+            [f.id for f in feedback],
+        )
 
     async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, StoredRun]) -> None:
         """Runs posted now whose patches were stored by earlier requests."""
@@ -289,7 +352,10 @@ class BatchIngest:
             return
         if self._packer is not None:
             self._packer.close()
+        self._tail = None
         await self._uploads.abort()
+        if isinstance(error, GroupCommitUnknown):
+            return  # the group settles it for all its requests (settled)
         if isinstance(error, CommitUnknown):
             log.error("commit outcome unknown; settling %d objects in the background", self.object_count)
             task = asyncio.create_task(self._settle_later(error.backend))
@@ -311,11 +377,10 @@ class BatchIngest:
             except Exception as e:  # the database is still away: try again
                 log.debug("settling: %s", e)
                 continue
+            await self.settled(found > 0)
             if found == 0:
-                await self._uploads.delete(self._uploads.keys)
                 log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
             else:
-                await self._drop_superseded()
                 log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
             return
         log.error(
@@ -324,12 +389,23 @@ class BatchIngest:
             _SETTLE_FOR_S,
         )
 
+    async def settled(self, committed: bool) -> None:
+        """An unknown commit outcome is known now: delete what the request wrote if it did not
+        commit, or what it replaced if it did."""
+        if committed:
+            await self._drop_superseded()
+        else:
+            await self._uploads.delete(self._uploads.keys)
+
     async def _drop_superseded(self) -> None:
         """Once committed: delete the objects that held only what this request replaced -- a run's
         own object, or a segment no run points into any more (the rest stay for their live runs,
         and compaction reclaims their dead ranges)."""
         whole = {location.key for location in self._superseded if location.offset is None}
         segments = {location.key for location in self._superseded if location.offset is not None}
+        # A tail's own key was never uploaded: what it superseded there is dead space in its group's
+        # shared segment, which holds live runs.
+        segments -= self._tail_keys
         if segments:
             try:
                 segments -= await self._db.stored_keys(sorted(segments))

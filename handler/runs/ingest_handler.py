@@ -103,6 +103,11 @@ class IngestHandler(JSONHandler):
         """Objects this request wrote (for the access log); a failed request deleted them again."""
         return self.ingest.object_count if self.ingest is not None else 0
 
+    @property
+    def group_id(self) -> str | None:
+        """The group commit this request joined (for the access log)."""
+        return self.ingest.group_id if self.ingest is not None else None
+
     def prepare(self) -> None:
         if self.request.method not in self.ingest_methods:
             return

@@ -61,6 +61,9 @@ class Settings:
     segment_bytes: int
     segment_max_wait_ms: int
     pack_max_run_bytes: int
+    group_max_bytes: int
+    group_max_wait_ms: int
+    group_max_requests: int
     api_keys: ApiKeys
     shutdown_timeout: float
     body_idle_timeout: float
@@ -110,7 +113,14 @@ class Settings:
             # S3 refuses parts under 5 MiB (all but the last).
             raise SystemExit(f"run-handler: STREAM_PART_BYTES must be 0 or at least {MIN_PART_BYTES}")
 
-        for name in ("SEGMENT_BYTES", "SEGMENT_MAX_WAIT_MS", "PACK_MAX_RUN_BYTES"):
+        for name in (
+            "SEGMENT_BYTES",
+            "SEGMENT_MAX_WAIT_MS",
+            "PACK_MAX_RUN_BYTES",
+            "GROUP_MAX_BYTES",
+            "GROUP_MAX_WAIT_MS",
+            "GROUP_MAX_REQUESTS",
+        ):
             if get_int(name, 0) < 0:
                 raise SystemExit(f"run-handler: {name} cannot be negative")
 
@@ -180,6 +190,9 @@ class Settings:
             segment_bytes=get_int("SEGMENT_BYTES", 4 * MIB),
             segment_max_wait_ms=get_int("SEGMENT_MAX_WAIT_MS", 1000),
             pack_max_run_bytes=get_int("PACK_MAX_RUN_BYTES", MIB),
+            group_max_bytes=get_int("GROUP_MAX_BYTES", 4 * MIB),
+            group_max_wait_ms=get_int("GROUP_MAX_WAIT_MS", 20),
+            group_max_requests=get_int("GROUP_MAX_REQUESTS", 64),
             api_keys=api_keys,
             shutdown_timeout=get_int("SHUTDOWN_TIMEOUT", 30),
             body_idle_timeout=get_int("BODY_IDLE_TIMEOUT", 60),

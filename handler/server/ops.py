@@ -113,6 +113,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         body_bytes = len(request.body or b"")
     runs = getattr(handler, "run_count", 0)
     objects = getattr(handler, "object_count", 0)
+    group = getattr(handler, "group_id", None)  # the group commit it was in (store/group.py)
     if status < 400:
         level = logging.INFO
     elif status < 500 or status == 501:  # 501: a route not served (server/info.py), the client's call
@@ -121,7 +122,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.ERROR
     access_log.log(
         level,
-        "%s %s %d bytes=%d runs=%d objects=%d duration_ms=%.1f",
+        "%s %s %d bytes=%d runs=%d objects=%d duration_ms=%.1f%s",
         _safe(request.method or "-"),
         _safe(request.path or "-"),
         status,
@@ -129,6 +130,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         runs,
         objects,
         1000.0 * request.request_time(),
+        f" group={group}" if group else "",
     )
     method = request.method if request.method in _KNOWN_METHODS else "other"
     REQUESTS.labels(type(handler).__name__, method, str(status)).inc()

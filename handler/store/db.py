@@ -43,7 +43,7 @@ _STATEMENT_TIMEOUT_MS = 30_000
 _CLIENT_TIMEOUT_S = 60
 # SQLSTATE classes that say the connection or the server failed, not the statement: a statement
 # that gets one of these may still have committed.
-_CONNECTION_ERROR_CLASSES = ("08", "57P")
+CONNECTION_ERROR_CLASSES = ("08", "57P")
 _BACKEND_EXIT_WAIT_S = 10
 
 
@@ -79,6 +79,7 @@ class CommitUnknown(RunError):
     def __init__(self, error: Exception, backend: tuple[int, int]) -> None:
         super().__init__(503, f"database unavailable, the batch may or may not be stored: {error}")
         self.backend = backend
+        self.outcomes: list | None = None  # a group's: each request's own outcome (store/transaction.py)
 
 
 def _backend_of(conn: aiopg.Connection) -> tuple[int, int]:
@@ -118,6 +119,33 @@ class Database:
         self._pool = await aiopg.create_pool(
             minsize=1, maxsize=self._settings.db_pool_size, **self._connect_args()
         )
+
+    async def acquire(self) -> tuple[aiopg.Connection, tuple[int, int]]:
+        """A pooled connection and its backend (for ``settle``); 503 if none can be had. Give it
+        back with ``release``."""
+        try:
+            conn = await self._pool.acquire()
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            raise database_error(e) from e
+        try:
+            return conn, _backend_of(conn)
+        except OSError as e:
+            self._pool.release(conn)
+            raise database_error(e) from e
+
+    def release(self, conn: aiopg.Connection) -> None:
+        self._pool.release(conn)
+
+    async def settle(
+        self, rows, replacements, attachments, backend: tuple[int, int], error: Exception
+    ) -> None:
+        """A group's unknown commit, settled as write_batch settles its own (``_settle``)."""
+        await self._settle(rows, replacements, attachments, backend, error)
+
+    async def conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error, fetch) -> None:
+        """``_conflict``, looked up through ``fetch`` (a group's transaction, which sees the rows
+        of the requests written before in it)."""
+        await self._conflict(tenant, rows, error, fetch)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -174,7 +202,7 @@ class Database:
                 except psycopg2.errors.UniqueViolation as e:
                     await self._conflict(tenant, rows, e)
                 except psycopg2.Error as e:
-                    if e.pgcode is not None and not e.pgcode.startswith(_CONNECTION_ERROR_CLASSES):
+                    if e.pgcode is not None and not e.pgcode.startswith(CONNECTION_ERROR_CLASSES):
                         raise statement_error(e) from e  # the server rolled it back
                     await self._settle(rows, replacements, attachments, backend, e, tenant, feedback)
                 except (OSError, TimeoutError) as e:
@@ -285,14 +313,14 @@ class Database:
             )
             return (await cur.fetchone())[0]
 
-    async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error) -> None:
+    async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error, fetch=None) -> None:
         """A unique key was taken (nothing was written): a 409 if a run was posted twice, else the
         runs to merge with what another request stored meanwhile (WrittenMeanwhile)."""
         if error.diag.constraint_name == "feedback_pkey":
             raise RunError(409, conflict_message(error.diag.message_detail)) from error
         if error.diag.constraint_name == "run_attachments_pkey":
             raise RunError(409, "an attachment of that name already exists for the run") from error
-        found = await self._fetch(
+        found = await (fetch or self._fetch)(
             f"SELECT id, {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
             (tenant, [str(row.id) for row in rows]),
         )

@@ -6,8 +6,10 @@ them, so ``jq`` reads it as it is; a run is the byte range of its segment that i
 
 A request has at most one open segment. It is sealed and uploaded when it reaches
 ``SEGMENT_BYTES``, when its oldest run has waited ``SEGMENT_MAX_WAIT_MS`` (a slow client still
-has its runs in the bucket while its body arrives), or when the body ends. A segment belongs to
-one request: a request that fails deletes its segments whole.
+has its runs in the bucket while its body arrives), or when the body ends. A sealed segment
+belongs to one request: a request that fails deletes its segments whole. With group commit the
+open segment left when the body ends (the tail) is not sealed here: it joins the segment that
+the requests of its group share (group.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from handler.base.errors import RunError
 from handler.store.objects import Location
 from handler.store.uploads import Uploads
 
-_OPEN, _SEPARATOR, _CLOSE = b"[", b",\n", b"]\n"
+# A segment's bytes: "[" run ",\n" run ... "]\n" (group.py joins tails with the same separator).
+OPEN, SEPARATOR, CLOSE = b"[", b",\n", b"]\n"
 
 
 def segment_key(tenant: str) -> str:
@@ -34,13 +37,13 @@ class Segment:
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.data = bytearray(_OPEN)
+        self.data = bytearray(OPEN)
         self.runs = 0
 
     def append(self, body: bytes) -> int:
         """Add a run; returns its offset in the object."""
         if self.runs:
-            self.data += _SEPARATOR
+            self.data += SEPARATOR
         self.runs += 1
         offset = len(self.data)
         self.data += body
@@ -49,7 +52,7 @@ class Segment:
     def sealed(self) -> bytearray:
         """The segment's object: closed, and no longer to be appended to (not copied: it may be
         megabytes)."""
-        self.data += _CLOSE
+        self.data += CLOSE
         return self.data
 
 
@@ -102,6 +105,21 @@ class Packer:
         """The body has ended: seal the open segment, and wait until every seal has started."""
         await self._wait_for_seals()
         await self._seal()
+
+    async def detach(self) -> Segment | None:
+        """The body has ended and the request joins a group (group.py): the open segment, not
+        sealed, is the group's to upload. Waits until every seal has started."""
+        await self._wait_for_seals()
+        segment, self._open = self._open, None
+        self._cancel_timer()
+        return segment
+
+    def restore(self, segment: Segment) -> None:
+        """A detached segment comes back (its group did not commit this request, which merges and
+        tries again): open again, as it was."""
+        if self._open is not None:
+            raise RuntimeError("a segment is open already")
+        self._open = segment
 
     def close(self) -> None:
         """The request failed: drop the open segment (nothing of it was uploaded)."""
