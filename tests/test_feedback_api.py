@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from handler.server.auth import hash_key
-from handler.store.db import Database
+from handler.store.db import CommitUnknown, Database
 from handler.store.migrations import migrate, rollback_last
 from tests.client import HttpClient, Response
 from tests.conftest import FreshConnections
@@ -420,6 +420,18 @@ def test_an_unknown_commit_is_settled_by_its_feedback_too(http, settings):
 
     assert asyncio.run(count([stored, new_id()])) == 1
     assert asyncio.run(count([new_id()])) == 0
+
+
+def test_a_broken_commit_with_nothing_to_count_is_never_taken_as_done(settings):
+    """Settling counts what the transaction wrote; with nothing countable (no run, attachment or
+    feedback id) a count of 0 proves nothing, so the outcome stays unknown (503), never success."""
+
+    async def settle() -> None:
+        database = Database(settings)  # not started: it must not need to ask
+        with pytest.raises(CommitUnknown):
+            await database._settle([], [], [], (0, 0), OSError("connection broke"))
+
+    asyncio.run(settle())
 
 
 # -- the migration ---------------------------------------------------------------------------------

@@ -97,25 +97,26 @@ MARK_LONG = (
 )
 
 # Feedback recorded with extend_trace_retention (LangSmith's default) moves its trace to the long
-# tier, in the transaction that stores it (store/db.py), after the feedback's insert: a feedback that
-# names only its run gets the run's trace. Params: feedback_marks().
+# tier, in the transaction that stores it (store/db.py, store/transaction.py), after the feedback's
+# insert: a feedback that names only its run gets the run's trace. Params: feedback_marks(),
+# positional, since a group's statements are joined into one execute with one parameter list.
 MARK_FEEDBACK = """
 INSERT INTO retention_long_traces (tenant, trace_id, reason)
-SELECT DISTINCT %(tenant)s, coalesce(f.trace_id, r.trace_id), 'feedback'
-FROM unnest(%(runs)s::uuid[], %(traces)s::uuid[]) AS f(run_id, trace_id)
-LEFT JOIN runs r ON r.tenant = %(tenant)s AND r.id = f.run_id
+SELECT DISTINCT f.tenant, coalesce(f.trace_id, r.trace_id), 'feedback'
+FROM (SELECT %s::text AS tenant, * FROM unnest(%s::uuid[], %s::uuid[]) AS u(run_id, trace_id)) AS f
+LEFT JOIN runs r ON r.tenant = f.tenant AND r.id = f.run_id
 WHERE coalesce(f.trace_id, r.trace_id) IS NOT NULL
 ON CONFLICT DO NOTHING
 """
 
 
-def feedback_marks(tenant: str, feedback) -> dict | None:
+def feedback_marks(tenant: str, feedback) -> tuple | None:
     """MARK_FEEDBACK's params for the feedback rows that extend their trace's retention, or None."""
     extending = [f for f in feedback if f.extend_trace_retention and (f.run_id or f.trace_id)]
     if not extending:
         return None
-    return {
-        "tenant": tenant,
-        "runs": [None if f.run_id is None else str(f.run_id) for f in extending],
-        "traces": [None if f.trace_id is None else str(f.trace_id) for f in extending],
-    }
+    return (
+        tenant,
+        [None if f.run_id is None else str(f.run_id) for f in extending],
+        [None if f.trace_id is None else str(f.trace_id) for f in extending],
+    )

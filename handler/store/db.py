@@ -137,10 +137,17 @@ class Database:
         self._pool.release(conn)
 
     async def settle(
-        self, rows, replacements, attachments, backend: tuple[int, int], error: Exception
+        self,
+        rows,
+        replacements,
+        attachments,
+        backend: tuple[int, int],
+        error: Exception,
+        tenant: str = "",
+        feedback_ids: Sequence[uuid.UUID] = (),
     ) -> None:
         """A group's unknown commit, settled as write_batch settles its own (``_settle``)."""
-        await self._settle(rows, replacements, attachments, backend, error)
+        await self._settle(rows, replacements, attachments, backend, error, tenant, feedback_ids)
 
     async def conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error, fetch) -> None:
         """``_conflict``, looked up through ``fetch`` (a group's transaction, which sees the rows
@@ -180,6 +187,7 @@ class Database:
         replaced = resolved[len(rows) :]
         replacements = [r._replace(row=row) for r, row in zip(replacements, replaced, strict=True)]
         sessions = (tenant, *columns(projects)) if projects else None
+        feedback_ids = [f.id for f in feedback]
         try:
             conn = await self._pool.acquire()
             backend = _backend_of(conn)
@@ -204,9 +212,9 @@ class Database:
                 except psycopg2.Error as e:
                     if e.pgcode is not None and not e.pgcode.startswith(CONNECTION_ERROR_CLASSES):
                         raise statement_error(e) from e  # the server rolled it back
-                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback)
+                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback_ids)
                 except (OSError, TimeoutError) as e:
-                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback)
+                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback_ids)
         finally:
             self._pool.release(conn)
 
@@ -260,12 +268,13 @@ class Database:
         backend: tuple[int, int],
         error: Exception,
         tenant: str = "",
-        feedback: Sequence[FeedbackRow] = (),
+        feedback_ids: Sequence[uuid.UUID] = (),
     ) -> None:
         """Returns if the transaction committed after all, raises database_error if it surely did
-        not, CommitUnknown if that cannot be told now."""
+        not, CommitUnknown if that cannot be told now (nothing it wrote can be counted, too)."""
         keys = committed_keys(rows, replacements, attachments)
-        feedback_ids = [f.id for f in feedback]
+        if not keys and not feedback_ids:
+            raise CommitUnknown(error, backend) from error
         try:
             found = await self.count_committed(keys, backend, tenant, feedback_ids)
         except (psycopg2.Error, OSError, TimeoutError, RunError):

@@ -134,13 +134,13 @@ async def _fast(cur, tenant: str, parts: Sequence[Writes], db: Database, backend
         if patched:  # no COMMIT was sent
             await _rollback(cur)
             raise database_error(e) from e
-        await _settle(db, parts, backend, e, [None] * len(parts))
+        await _settle(db, tenant, parts, backend, e, [None] * len(parts))
         return
     if patched:
         if len(repointed) != patched:  # a patch lost its race (or two of the group patch one run)
             await _rollback(cur)
             raise _Refused
-        await _commit(cur, db, parts, backend, [None] * len(parts))
+        await _commit(cur, db, tenant, parts, backend, [None] * len(parts))
 
 
 async def _one_by_one(cur, tenant: str, parts: Sequence[Writes], db: Database, backend) -> list:
@@ -177,7 +177,7 @@ async def _one_by_one(cur, tenant: str, parts: Sequence[Writes], db: Database, b
     if all(o is not None for o in outcomes):
         await _rollback(cur)
         return outcomes
-    await _commit(cur, db, parts, backend, outcomes)
+    await _commit(cur, db, tenant, parts, backend, outcomes)
     return outcomes
 
 
@@ -201,17 +201,17 @@ async def _refusal(cur, db: Database, tenant: str, part: Writes, error: psycopg2
     raise database_error(error) from error  # not the request's doing: the group fails
 
 
-async def _commit(cur, db: Database, parts: Sequence[Writes], backend, outcomes: list) -> None:
+async def _commit(cur, db: Database, tenant: str, parts: Sequence[Writes], backend, outcomes: list) -> None:
     try:
         await cur.execute("COMMIT")
     except Exception as e:
         if not _is_fault(e):
             raise database_error(e) from e  # refused: rolled back
-        await _settle(db, parts, backend, e, outcomes)
+        await _settle(db, tenant, parts, backend, e, outcomes)
 
 
 async def _settle(
-    db: Database, parts: Sequence[Writes], backend, error: BaseException, outcomes: list
+    db: Database, tenant: str, parts: Sequence[Writes], backend, error: BaseException, outcomes: list
 ) -> None:
     """The connection broke with the COMMIT sent: returns if it committed, raises 503 if surely
     not, CommitUnknown (with the outcomes, for whoever settles it later) if that cannot be told."""
@@ -223,6 +223,8 @@ async def _settle(
             [a for p in ok for a in p.attachments],
             backend,
             error,
+            tenant,
+            [i for p in ok for i in p.feedback_ids],
         )
     except CommitUnknown as e:
         e.outcomes = outcomes
