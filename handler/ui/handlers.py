@@ -19,6 +19,7 @@ import tornado.web
 
 from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
+from handler.query.scopes import Filters
 from handler.read.query import after_cursor, encode_cursor
 from handler.runs.schema import UUID_TEXT
 from handler.store.objects import Location
@@ -64,8 +65,8 @@ class PageHandler(tornado.web.RequestHandler):
 
 
 class TracesApiHandler(JSONHandler):
-    """GET /ui/api/traces?session=&status=&name=&cursor=: a project's root runs, newest first,
-    each with the number of runs in its trace, its latency and the first line of its input (and
+    """GET /ui/api/traces?session=&status=&name=&filter=&cursor=: a project's root runs, newest
+    first (``filter`` in the filter language of /runs/query, applied to the roots), each with the number of runs in its trace, its latency and the first line of its input (and
     its tokens and feedback averages, named in ``columns``, once the database has them)."""
 
     async def get(self) -> None:
@@ -73,9 +74,13 @@ class TracesApiHandler(JSONHandler):
         if tenant is None:
             return
         try:
-            where, params = self.filters(tenant)
+            where, params, filtered = self.filters(tenant)
             sql, optional = traces_statement(where, await detect(self.db))
-            rows = await self.db.fetch(sql, (*params, MAX_TRACES + 1))
+            if filtered:  # a filter may cost much: bounded as /runs/query's are
+                timeout = self.config.query_timeout_ms
+                rows = await self.db.fetch_bounded(sql, (*params, MAX_TRACES + 1), timeout)
+            else:
+                rows = await self.db.fetch(sql, (*params, MAX_TRACES + 1))
         except RunError as e:
             return self.fail(e)
         page = rows[:MAX_TRACES]
@@ -97,7 +102,7 @@ class TracesApiHandler(JSONHandler):
         next_cursor = encode_cursor(last[3], last[0]) if last else None
         self.finish({"traces": traces, "columns": optional, "next_cursor": next_cursor})
 
-    def filters(self, tenant: str) -> tuple[list[str], list]:
+    def filters(self, tenant: str) -> tuple[list[str], list, bool]:
         session = self.get_query_argument("session", "")
         if not UUID_TEXT.fullmatch(session):
             raise RunError(400, "session must be a project id")
@@ -115,12 +120,18 @@ class TracesApiHandler(JSONHandler):
         if name:
             where.append("strpos(lower(r.name), lower(%s)) > 0")
             params.append(name)
+        # The same checks and compiler as /runs/query's ``filter`` (query/scopes.py), over the roots
+        # (alias r); a mistake is a 400 naming its position, which the page shows beside the box.
+        text = self.get_query_argument("filter", "")
+        filters = Filters({"filter": text} if text.strip() else {})
+        where.extend(filters.clauses)
+        params.extend(filters.params)
         cursor = self.get_query_argument("cursor", "")
         if cursor:
             clause, values = after_cursor(cursor)
             where.append(clause.removeprefix(" AND "))  # its columns are r's: the only table here
             params.extend(values)
-        return where, params
+        return where, params, bool(filters)
 
 
 class MonitorApiHandler(JSONHandler):

@@ -5,6 +5,8 @@
   const picker = document.getElementById("project");
   const status = document.getElementById("status");
   const name = document.getElementById("name");
+  const filter = document.getElementById("filter");
+  const filterError = document.getElementById("filter-error");
   const body = document.querySelector("#traces tbody");
   const newer = document.getElementById("newer");
   const older = document.getElementById("older");
@@ -18,11 +20,11 @@
     if (!projects.length) { message("No projects yet: trace something first."); return; }
     const wanted = params.get("project");
     if (wanted && projects.some((p) => p.id === wanted)) picker.value = wanted;
-    // A shared link (?project=&status=&name=&cursor=) opens the list it was copied from.
+    // A shared link (?project=&status=&name=&filter=&cursor=) opens the list it was copied from.
     status.value = params.get("status") || "";
     name.value = params.get("name") || "";
-    if (params.get("cursor")) cursors = ["", params.get("cursor")];
-    await loadPage();
+    filter.value = params.get("filter") || "";
+    await loadPage(params.get("cursor") ? ["", params.get("cursor")] : [""]);
   }
 
   // The URL names the list shown (never the key): copy it to share it.
@@ -30,6 +32,7 @@
     const link = new URLSearchParams({ project: picker.value });
     if (status.value) link.set("status", status.value);
     if (name.value.trim()) link.set("name", name.value.trim());
+    if (filter.value.trim()) link.set("filter", filter.value.trim());
     if (cursor) link.set("cursor", cursor);
     history.replaceState(null, "", "?" + link);
     const monitor = document.getElementById("monitor-link");
@@ -37,14 +40,35 @@
     monitor.hidden = !picker.value;
   }
 
-  async function loadPage() {
+  // The filter's mistake (the server's 400, with its position) beside the box; the list stays.
+  function showFilterError(text) {
+    filterError.textContent = text || "";
+    filter.setAttribute("aria-invalid", text ? "true" : "false");
+    const at = /position (\d+)/.exec(text || "");
+    if (at) filter.setSelectionRange(Number(at[1]), Number(at[1]));
+  }
+
+  // ``wanted``: the cursors of the pages up to the one to show; kept only once it is shown.
+  async function loadPage(wanted = cursors) {
     const query = new URLSearchParams({ session: picker.value });
     if (status.value) query.set("status", status.value);
     if (name.value.trim()) query.set("name", name.value.trim());
-    const cursor = cursors[cursors.length - 1];
+    if (filter.value.trim()) query.set("filter", filter.value.trim());
+    const cursor = wanted[wanted.length - 1];
     if (cursor) query.set("cursor", cursor);
+    let page;
+    try {
+      page = await api("ui/api/traces?" + query);
+    } catch (error) {
+      if (error.status === 400 && filter.value.trim() && error.message.startsWith("filter:")) {
+        showFilterError(error.message);
+        return;
+      }
+      throw error;
+    }
+    showFilterError("");
+    cursors = wanted;
     remember(cursor);
-    const page = await api("ui/api/traces?" + query);
     next = page.next_cursor;
     // Tokens and feedback: columns the server sends once it stores them.
     const columns = page.columns || [];
@@ -75,12 +99,13 @@
     return tr;
   }
 
-  function restart() { cursors = [""]; guarded(loadPage); }
+  function restart() { guarded(() => loadPage([""])); }
   picker.addEventListener("change", restart);
   document.getElementById("apply").addEventListener("click", restart);
   name.addEventListener("keydown", (e) => { if (e.key === "Enter") restart(); });
+  filter.addEventListener("keydown", (e) => { if (e.key === "Enter") restart(); });
   status.addEventListener("change", restart);
-  older.addEventListener("click", () => { cursors.push(next); guarded(loadPage); });
-  newer.addEventListener("click", () => { cursors.pop(); guarded(loadPage); });
+  older.addEventListener("click", () => { const to = [...cursors, next]; guarded(() => loadPage(to)); });
+  newer.addEventListener("click", () => { const to = cursors.slice(0, -1); guarded(() => loadPage(to)); });
   guarded(loadProjects);
 })();
