@@ -66,8 +66,9 @@ class PageHandler(tornado.web.RequestHandler):
 
 class TracesApiHandler(JSONHandler):
     """GET /ui/api/traces?session=&status=&name=&filter=&cursor=: a project's root runs, newest
-    first (``filter`` in the filter language of /runs/query, applied to the roots), each with the number of runs in its trace, its latency and the first line of its input (and
-    its tokens and feedback averages, named in ``columns``, once the database has them)."""
+    first (``filter`` in the filter language of /runs/query, applied to the roots), each with the
+    number of runs in its trace, its latency and the first line of its input (and its tokens and
+    feedback averages, named in ``columns``, once the database has them)."""
 
     async def get(self) -> None:
         tenant = self.authenticate()
