@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -27,6 +28,7 @@ from handler.server.config import REPO_ROOT
 from tests.conftest import FreshConnections
 from tests.reset_env import empty_bucket
 from tests.server import start_server
+from tests.test_faults import wait_for
 from tests.test_langsmith_api import MULTIPART, form, part
 
 ALPHA, BETA = "alpha-key-retention", "beta-key-retention"
@@ -366,6 +368,63 @@ def test_concurrent_ingest_and_reads_during_a_sweep(rserver, env, rdb):
         gone(rserver, A, t)
     for t in new:
         exact(rserver, A, t)
+
+
+@pytest.fixture(scope="module")
+def rserver_alone(tmp_path_factory, env):
+    """The module's server with group commit off: patches are written by db.write_batch."""
+    srv = start_server(tmp_path_factory.mktemp("alone"), "alone", **env, GROUP_MAX_BYTES="0")
+    yield srv
+    srv.stop()
+
+
+def blocked_updates(rdb) -> int:
+    with rdb.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%%UPDATE runs%%'"
+        )
+        return cur.fetchone()[0]
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["group-commit", "write-batch"])
+def test_a_patch_of_a_run_deleted_before_its_commit_is_kept_as_a_patch_before_its_post(grouped, request, rdb):
+    """A sweep deletes a run between a patch's read of it and the patch's commit: the deleting
+    transaction is opened first, so the patch still reads the run (and its bytes) and then waits on
+    the row in its UPDATE; the delete commits and the UPDATE finds nothing. The patch is answered
+    as one of an unknown run is -- accepted and kept alone, its own fields only (the deleted run's
+    fields never come back); the other run it patches is patched as usual."""
+    srv = request.getfixturevalue("rserver" if grouped else "rserver_alone")
+    doomed = trace("racing", children=0)[0] | {"old_only": "deleted with its run"}
+    live = trace("racing", children=0)[0]
+    post(srv, A, [doomed, live])
+    patches = [
+        {"id": doomed["id"], "name": "first", "outputs": {"a": 1}},
+        {"id": doomed["id"], "name": "second"},
+        {"id": live["id"], "outputs": {"b": 2}},
+    ]
+    with rdb.cursor() as sweep, ThreadPoolExecutor(1) as pool:
+        sweep.execute("BEGIN")
+        sweep.execute("DELETE FROM runs WHERE tenant = 'alpha' AND id = %s", (doomed["id"],))
+        body = json.dumps({"post": [], "patch": patches}).encode()
+        answer = pool.submit(srv.client.post, body, "/runs/batch", "application/json", A)
+        assert wait_for(lambda: blocked_updates(rdb) >= 1), "the patch did not reach its UPDATE"
+        sweep.execute("COMMIT")
+        response = answer.result(timeout=60)
+    assert response.status == 202, response.body
+    assert response.json()["patched"] == [doomed["id"], live["id"]]
+    assert srv.client.get(f"/runs/{doomed['id']}", headers=A).status == 404  # as a patch before its post
+    assert json.loads(srv.client.get(f"/runs/{live['id']}", headers=A).body) == live | {"outputs": {"b": 2}}
+    with rdb.cursor() as cur:
+        cur.execute("SELECT posted FROM runs WHERE id = %s", (doomed["id"],))
+        assert cur.fetchall() == [(False,)]
+    late = {key: doomed[key] for key in ("id", "trace_id", "session_name")} | {
+        "name": "late",
+        "inputs": {"q": 2},
+    }
+    post(srv, A, [late])
+    stored = json.loads(srv.client.get(f"/runs/{doomed['id']}", headers=A).body)
+    assert stored == late | {"name": "second", "outputs": {"a": 1}}
 
 
 def test_kill_9_mid_sweep_then_a_rerun_finishes(rserver, env, rdb, s3):

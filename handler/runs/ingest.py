@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _SETTLING: set[asyncio.Task] = set()
 _SETTLE_EVERY_S = 2
 _SETTLE_FOR_S = 600
+# Writes retried after merging with what other requests wrote meanwhile (WrittenMeanwhile), at most.
+_MERGE_ATTEMPTS = 3
 
 
 def run_object_key(tenant: str, run_id: uuid.UUID) -> str:
@@ -90,6 +92,9 @@ class BatchIngest:
         self._patched: list[uuid.UUID] = []
         self._in_parts: dict[int, PartsUpload] = {}  # by run index, while the run arrives
         self._superseded: list[Location] = []  # what no run points at once this request commits
+        # This request's own fields of each run it patches in the database (later patches win): its
+        # patch alone, should the run be deleted before the commit (``_store_patches_of_gone``).
+        self._patch_fields: dict[uuid.UUID, list[tuple[str, str]]] = {}
         self._feedback: dict[uuid.UUID, FeedbackRow] = {}  # written with the rows, held until then
         self._feedback_bytes = 0
         self._group = committer(store, db, settings)  # None: group commit is off
@@ -190,6 +195,8 @@ class BatchIngest:
                 self._patched.append(run_id)
                 return
             base, old = found, found.location
+        if old is not None:  # a run the database has
+            self._patch_fields[run_id] = object_fields(merged(self._patch_fields.get(run_id, []), updates))
         self._index.setdefault(run_id, index)
         await self._patch_stored(run_id, updates, base, old, label)
         self._patched.append(run_id)
@@ -233,12 +240,16 @@ class BatchIngest:
         """The request has ended: wait for the uploads, then write every row in one transaction.
 
         Returns the ids of the runs created and of the runs patched."""
-        try:
-            await self._upload_and_write()
-        except WrittenMeanwhile as e:  # a post and a patch of one run came apart: merge, retry
-            await self._merge_posts_under_patches(e.posts)
-            await self._apply_patches_stored_alone(e.patches)
-            await self._upload_and_write()
+        for attempt in range(_MERGE_ATTEMPTS):
+            try:
+                await self._upload_and_write()
+                break
+            except WrittenMeanwhile as e:  # a post and a patch of one run came apart: merge, retry
+                if attempt == _MERGE_ATTEMPTS - 1:
+                    raise RunError(409, "runs were written by other requests meanwhile; retry") from e
+                await self._merge_posts_under_patches(e.posts)
+                await self._apply_patches_stored_alone(e.patches)
+                await self._store_patches_of_gone(e.gone)
         await self._drop_superseded()
         result = {
             "ids": [str(i) for i in self._posted],
@@ -329,7 +340,23 @@ class BatchIngest:
             patch = object_fields(await self._read(alone.location, alone.size_bytes))
             self._superseded.append(alone.location)
             updates = [(k, raw) for k, raw in patch if k != "id"]
+            self._patch_fields[run_id] = updates
             await self._patch_stored(run_id, updates, current, current.location, f"patch of run {run_id}")
+
+    async def _store_patches_of_gone(self, gone: frozenset[uuid.UUID]) -> None:
+        """Runs this request patches that were deleted (a retention sweep) after it read them: as if
+        it had come after the deletion, each patch is stored as a patch of an unknown run is --
+        alone, its own fields only, invisible until a post of the run comes (README, PATCH). A run
+        this request posts under patches stored before is written new, as it was merged."""
+        for run_id in gone:
+            replaced = self._replaced.pop(run_id)
+            if run_id in self._posted:
+                self._rows[run_id] = replaced.row
+                continue
+            self._superseded.append(replaced.row.location)
+            body = build_object([("id", json.dumps(str(run_id))), *self._patch_fields[run_id]])
+            run = self._parse(body, f"patch of run {run_id}", posted=False)
+            self._rows[run_id] = RunRow.of(run, await self._store_run(run_id, run.body), posted=False)
 
     async def _post_under_patches(self, post: bytes, patches: StoredRun, label: str) -> RunRow:
         """A run's post merged with the patches stored before it (their fields win), stored."""

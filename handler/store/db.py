@@ -59,6 +59,22 @@ def committed_keys(
     )
 
 
+STALE_PATCH = "a patched run was changed by another request meanwhile; retry"
+
+
+async def lost_patch_race(cur: aiopg.Cursor, tenant: str, replacements: Sequence[Replacement]) -> Exception:
+    """The UPDATE of patched runs repointed fewer than it patched, in the transaction of ``cur``.
+    A run deleted meanwhile (a retention sweep) is no error: WrittenMeanwhile names it (``gone``)
+    and the request stores its patch as a patch of an unknown run. Otherwise another patch won: 409."""
+    ids = {r.row.id for r in replacements}
+    sql = "SELECT id FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])"
+    await cur.execute(sql, (tenant, [str(i) for i in ids]))
+    gone = ids - {uuid.UUID(str(row[0])) for row in await cur.fetchall()}
+    if gone:
+        return WrittenMeanwhile({}, {}, frozenset(gone))
+    return RunError(409, STALE_PATCH)
+
+
 def database_error(error: Exception) -> RunError:
     return RunError(503, f"database unavailable: {error}".strip())
 
@@ -175,7 +191,8 @@ class Database:
 
         Raises RunError 409 if an id already exists or a patched run changed meanwhile,
         WrittenMeanwhile for runs that another request stored meanwhile and that can be merged
-        (a post and a patch of one run, sent apart and at once), 503 if nothing was
+        (a post and a patch of one run, sent apart and at once) or patched runs that a sweep
+        deleted meanwhile (lost_patch_race), 503 if nothing was
         written, and CommitUnknown if the connection broke while the commit may have happened
         and the outcome could not be settled.
         """
@@ -241,7 +258,7 @@ class Database:
                 old_keys, old_offsets = columns([r.old for r in replacements])
                 await cur.execute(UPDATE, (old_keys, old_offsets, *columns(new_rows), tenant))
                 if cur.rowcount != len(replacements):
-                    raise RunError(409, "a patched run was changed by another request meanwhile; retry")
+                    raise await lost_patch_race(cur, tenant, replacements)
             if attachments:
                 await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
             if feedback:  # after the runs: a feedback without a trace_id takes its run's

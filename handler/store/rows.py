@@ -91,12 +91,21 @@ class WrittenMeanwhile(Exception):
     """Runs this request writes as new whose ids another request stored meanwhile, and which can
     be merged rather than refused: ``posts``, posts of runs that only have patches stored (the
     patches win); ``patches``, patches stored alone here of runs stored meanwhile (posted, or
-    patched alone too), to be applied to them. Each maps run id -> what is stored."""
+    patched alone too), to be applied to them. Each maps run id -> what is stored. ``gone``: runs
+    this request patches that were deleted meanwhile (a retention sweep), whose patches are then
+    stored as a patch of an unknown run is: alone, before its post."""
 
-    def __init__(self, posts: dict[uuid.UUID, StoredRun], patches: dict[uuid.UUID, StoredRun]) -> None:
-        super().__init__(f"{len(posts) + len(patches)} runs were written by another request meanwhile")
+    def __init__(
+        self,
+        posts: dict[uuid.UUID, StoredRun],
+        patches: dict[uuid.UUID, StoredRun],
+        gone: frozenset[uuid.UUID] = frozenset(),
+    ) -> None:
+        count = len(posts) + len(patches) + len(gone)
+        super().__init__(f"{count} runs were written or deleted by another request meanwhile")
         self.posts = posts
         self.patches = patches
+        self.gone = gone
 
 
 class Replacement(NamedTuple):

@@ -22,7 +22,14 @@ import psycopg2.errors
 from handler.base.errors import RunError
 from handler.read.sessions import UPSERT as UPSERT_SESSIONS
 from handler.read.sessions import with_sessions
-from handler.store.db import CONNECTION_ERROR_CLASSES, CommitUnknown, Database, committed_keys, database_error
+from handler.store.db import (
+    CONNECTION_ERROR_CLASSES,
+    CommitUnknown,
+    Database,
+    committed_keys,
+    database_error,
+    lost_patch_race,
+)
 from handler.store.rows import (
     INSERT,
     INSERT_ATTACHMENTS,
@@ -33,8 +40,6 @@ from handler.store.rows import (
     WrittenMeanwhile,
     columns,
 )
-
-_STALE_PATCH = "a patched run was changed by another request meanwhile; retry"
 
 
 @dataclass
@@ -155,8 +160,8 @@ async def _one_by_one(cur, tenant: str, parts: Sequence[Writes], db: Database, b
             try:
                 await cur.execute("; ".join([f"SAVEPOINT m{i}", *sql]), params)
                 if patched and len(await cur.fetchall()) != patched:
-                    raise RunError(409, _STALE_PATCH)
-            except RunError as e:
+                    raise await lost_patch_race(cur, tenant, part.replacements)  # 409, or gone
+            except (RunError, WrittenMeanwhile) as e:
                 await cur.execute(f"ROLLBACK TO SAVEPOINT m{i}")
                 outcomes.append(e)
                 continue
