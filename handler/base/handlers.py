@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import tornado.web
@@ -30,6 +31,16 @@ class JSONHandler(tornado.web.RequestHandler):
         if tenant is None:
             self.fail(RunError(401, "a valid x-api-key header is required"))
         return tenant
+
+    def json_body(self, max_bytes: int) -> object:
+        """A small body that is read whole (not streamed): 413 past ``max_bytes``, 400 if it is not
+        JSON. An empty body is ``{}``."""
+        if len(self.request.body) > max_bytes:
+            raise RunError(413, f"a query body is at most {max_bytes} bytes")
+        try:
+            return json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeError):
+            raise RunError(400, "body must be a JSON object") from None
 
     def fail(self, error: RunError) -> None:
         if error.status >= 500:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from handler.base.errors import RunError
@@ -37,13 +36,7 @@ class QueryV2Handler(JSONHandler):
         if tenant is None:
             return
         try:
-            if len(self.request.body) > MAX_BODY_BYTES:
-                raise RunError(413, f"a query body is at most {MAX_BODY_BYTES} bytes")
-            try:
-                body = json.loads(self.request.body or b"{}")
-            except (ValueError, UnicodeError):
-                raise RunError(400, "body must be a JSON object") from None
-            query = QueryV2(tenant, body)
+            query = QueryV2(tenant, self.json_body(MAX_BODY_BYTES))
             rows = await self.db.fetch_bounded(query.sql, query.params, self.config.query_timeout_ms)
             page = rows[: query.page_size]
             runs, count = await runs_of(self, page, query.selects)

@@ -281,13 +281,7 @@ class QueryHandler(JSONHandler):
         if tenant is None:
             return
         try:
-            if len(self.request.body) > MAX_BODY_BYTES:
-                raise RunError(413, f"a query body is at most {MAX_BODY_BYTES} bytes")
-            try:
-                body = json.loads(self.request.body or b"{}")
-            except (ValueError, UnicodeError):
-                raise RunError(400, "body must be a JSON object") from None
-            query = Query(tenant, body)
+            query = Query(tenant, self.json_body(MAX_BODY_BYTES))
             if query.filtered:
                 timeout = self.config.query_timeout_ms
                 rows = await self.db.fetch_bounded(query.sql, query.params, timeout)
