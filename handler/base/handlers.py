@@ -50,7 +50,13 @@ class JSONHandler(tornado.web.RequestHandler):
         self.clear()
         self.set_status(error.status)
         self.set_retry_after(error)
-        self.finish(error.to_json())  # on a closed connection this writes nothing and does not raise
+        body, content_type = self.error_answer(error)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)  # on a closed connection this writes nothing and does not raise
+
+    def error_answer(self, error: RunError) -> tuple[bytes, str]:
+        """An error's body and Content-Type (a route with its own error format overrides it)."""
+        return json.dumps(error.to_json()).encode(), "application/json; charset=UTF-8"
 
     def set_retry_after(self, error: RunError) -> None:
         retry_after = getattr(error, "retry_after", None)  # budget.Busy

@@ -58,20 +58,6 @@ class TracesHandler(IngestHandler):
     def error_answer(self, error: RunError) -> tuple[bytes, str]:
         return decode.status(self.encoding(), error), self.encoding()
 
-    def fail(self, error: RunError) -> None:
-        if self.linger is not None or self.lingers():
-            return super().fail(error)  # through error_answer
-        if error.status >= 500:
-            log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)
-        if self._finished:
-            return
-        self.clear()
-        self.set_status(error.status)
-        self.set_retry_after(error)
-        body, content_type = self.error_answer(error)
-        self.set_header("Content-Type", content_type)
-        self.finish(body)
-
 
 def routes(deps: dict) -> list:
     return [(path, TracesHandler, deps) for path in PATHS]

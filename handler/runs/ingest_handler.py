@@ -5,7 +5,6 @@ when it is refused, committed when it ends. The routes themselves are in app.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from asyncio import Future
@@ -278,10 +277,6 @@ class IngestHandler(JSONHandler):
             timer = loop.call_later(self.config.linger_seconds, self.end_linger)
             self.linger = Linger(sent, timer, self.config.linger_bytes)
         self.leave_in_flight()  # the batch is undone: a shutdown need not wait for the linger
-
-    def error_answer(self, error: RunError) -> tuple[bytes, str]:
-        """An early answer's body and Content-Type (a route with its own error format overrides it)."""
-        return json.dumps(error.to_json()).encode(), "application/json; charset=UTF-8"
 
     def lingers(self) -> bool:
         """Whether an answer now comes before the end of a body that the client is sending."""
