@@ -73,3 +73,13 @@ def test_required_fields_are_checked_when_the_run_ends():
     run.name = "step"
     check_required(run)
     check_required(Run(0), required=())
+
+
+def test_dotted_order_is_bounded_in_bytes_of_utf8():
+    """PostgreSQL indexes dotted_order: its limit is 2048 bytes however few characters they make."""
+    run = Run(0)
+    check_field(run, "dotted_order", "string", "é" * 1024)  # 2048 bytes
+    with pytest.raises(FieldError, match="dotted_order is longer than 2048 bytes of UTF-8"):
+        check_field(run, "dotted_order", "string", "é" * 1024 + "x")
+    with pytest.raises(FieldError, match="dotted_order is longer than 2048 bytes of UTF-8"):
+        check_field(run, "dotted_order", "string", "\U0001f600" * 513)  # 513 characters, 2052 bytes

@@ -194,7 +194,8 @@ def _text(key: str, value: str, limit: int) -> str:
     if "\x00" in value:
         raise FieldError(f"{key} must not contain NUL characters")
     if key == "dotted_order":
-        if len(value) > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
+        # (a character is at most 4 bytes: a short one needs no encoding to be judged)
+        if len(value) > limit // 4 and len(value.encode("utf-8", "surrogatepass")) > limit:
             raise FieldError(f"{key} is longer than {limit} bytes of UTF-8")
     elif len(value) > limit:
         raise FieldError(f"{key} is longer than {limit} characters")
