@@ -302,20 +302,35 @@ def test_a_refused_request_gets_its_status_instead_of_100_continue(guarded, head
 
 
 def test_a_full_memory_budget_answers_503_instead_of_100_continue(guarded):
-    """A paused run of 3.5 MiB fills the budget (held whole, as the budget counts it); a request
-    expecting 100-continue then gets 503 with Retry-After, without sending its body."""
-    holder = guarded.client.start_post(headers={"x-api-key": KEY})
+    """A paused run of 2 MiB, then a younger one of 3.5 MiB: together more than the budget, so
+    the younger waits for room (or, counted as it arrived, fills the budget). Either way a request
+    expecting 100-continue then gets 503 with Retry-After, without sending its body. (How much of
+    one paused run the budget counts depends on how its bytes arrive, so one run alone does not
+    reliably fill it; and an older request that needs room refuses younger ones, so the larger
+    run comes second.)"""
+    older, younger = (guarded.client.start_post(headers={"x-api-key": KEY}) for _ in range(2))
+    held, waiting = ("run_handler_buffered_bytes", ()), ("run_handler_budget_waiting_requests", ())
+
+    def send(holder, chunks: int) -> None:
+        try:
+            guarded.client.send_chunk(holder, b"[" + open_run())
+            for _ in range(chunks):
+                guarded.client.send_chunk(holder, b"x" * 65536)
+        except OSError:  # closed at the end of the test while the server held it back
+            pass
+
     try:
-        guarded.client.send_chunk(holder, b"[" + open_run())
-        for _ in range(56):
-            guarded.client.send_chunk(holder, b"x" * 65536)
-        held = ("run_handler_buffered_bytes", ())
-        assert wait_until(lambda: scrape(guarded)[held] > BUDGET - 65536)
+        send(older, 32)
+        assert wait_until(lambda: scrape(guarded)[held] >= 2 * MIB)
+        # Its sending blocks once the server stops reading it.
+        threading.Thread(target=send, args=(younger, 56), daemon=True).start()
+        assert wait_until(lambda: (m := scrape(guarded))[held] > BUDGET - 65536 or m[waiting] > 0)
         sock = expect_continue(guarded, GOOD + "Content-Length: 5000000\r\n")
         answer = assert_refused_without_continue(sock, 503)
         assert re.search(rb"(?im)^retry-after: \d+", answer["head"]) and "busy" in answer["error"]
     finally:
-        holder.close()
+        older.close()
+        younger.close()
 
 
 # -- refusals that arrive: lingering up to a declared Content-Length ---------------------------
