@@ -9,7 +9,7 @@ from handler.feedback import handlers as feedback
 from handler.otel import handlers as otel
 from handler.query import extract
 from handler.query import handlers as query_v2
-from handler.read import projects, query
+from handler.read import projects, projects_v2, query
 from handler.retention import handlers as retention
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
@@ -38,6 +38,7 @@ def make_app(
             *query.routes(deps),
             *query_v2.routes(deps),
             *projects.routes(deps),
+            *projects_v2.routes(deps),
             *retention.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),
