@@ -385,6 +385,12 @@ def test_query_columns_from_values_equal_the_splitters():
             "extra": {"metadata": {"nested": {"no": 1}}, "other": [1, {"a": "b"}]},
         },
         {"trace_id": trace, "name": "e", "outputs": {"llm_output": {"token_usage": {"total_tokens": 1e3}}}},
+        {
+            "trace_id": trace,
+            "name": "f",
+            "inputs": {**{f"k{i}": [i] if i % 3 else i for i in range(10)}, "q": None, "s": "x" * 200},
+            "outputs": {"a": 1.5, "b": {"c": 1}, **{f"o{i}": "v" for i in range(9)}, "usage_metadata": {}},
+        },
     ]
     for chars in (0, 40):
         extract.configure(chars)

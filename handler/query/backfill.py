@@ -1,8 +1,9 @@
-"""``python -m handler backfill-query``: fill the query columns (schema/0007) of runs stored before
-them, from the runs' bytes, by the same rules as ingestion (the run is parsed by parse_run, whose
+"""``python -m handler backfill-query``: fill the query columns (schema/0007, 0010) of runs stored
+before them, from the runs' bytes, by the same rules as ingestion (the run is parsed by parse_run, whose
 events feed extract.Tap).
 
-Rows still to fill have ``query_fields IS NULL`` (a partial index finds them). They are taken in
+Rows still to fill have ``query_fields`` NULL (before 0007) or below QUERY_FIELDS_VERSION (1: before
+0010's inputs_kv / outputs_kv); a partial index finds them. They are taken in
 (tenant, id) order, a batch at a time, one run's bytes in memory at a time; a row is updated only
 if it still points at the bytes that were read (a patch meanwhile has filled it already). A run
 whose bytes cannot be read or parsed is logged and left for the next pass. Safe to run while the
@@ -24,12 +25,13 @@ log = logging.getLogger(__name__)
 BATCH = 200
 SELECT = (
     "SELECT tenant, id, object_key, object_offset, size_bytes FROM runs"
-    " WHERE query_fields IS NULL AND (tenant, id) > (%s, %s::uuid) ORDER BY tenant, id LIMIT %s"
+    " WHERE (query_fields IS NULL OR query_fields < %s) AND (tenant, id) > (%s, %s::uuid)"
+    " ORDER BY tenant, id LIMIT %s"
 )
 UPDATE = """
 UPDATE runs SET tags = %s::jsonb, metadata = %s::jsonb, prompt_tokens = %s, completion_tokens = %s,
     total_tokens = %s, prompt_cost = %s::numeric, completion_cost = %s::numeric, total_cost = %s::numeric,
-    search_text = %s, query_fields = %s
+    search_text = %s, inputs_kv = %s::jsonb, outputs_kv = %s::jsonb, query_fields = %s
 WHERE tenant = %s AND id = %s AND object_key = %s AND object_offset IS NOT DISTINCT FROM %s
 RETURNING id
 """
@@ -44,7 +46,7 @@ async def backfill(settings: Settings, batch: int = BATCH) -> tuple[int, int]:
     filled = failed = 0
     after: tuple = ("", "00000000-0000-0000-0000-000000000000")
     try:
-        while rows := await db.fetch(SELECT, (*after, batch)):
+        while rows := await db.fetch(SELECT, (QUERY_FIELDS_VERSION, *after, batch)):
             for tenant, run_id, key, offset, size in rows:
                 try:
                     data = await store.read_all(Location(key, offset), size)

@@ -13,6 +13,12 @@ the bulk of a payload never reaches it. The paths it reads:
     outputs.llm_output.usage.*                (Anthropic-style)
     outputs.generations[*][*].message.kwargs.usage_metadata.*   (LangChain's chat models)
     inputs.**, outputs.** strings             search text, the first SEARCH_TEXT_CHARS characters of each
+    inputs.<key>, outputs.<key>               inputs_kv / outputs_kv (schema/0010): the first KV_KEYS
+                                              top-level keys of each, with their plain values as text
+                                              (KV_VALUE_CHARS; null for an object or array value)
+
+The top-level keys cost a Tap call per key and per plain value, so they are bounded: past KV_KEYS
+keys of a field the Tap asks for nothing more of it (inputs) or only its paths (outputs).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-QUERY_FIELDS_VERSION = 1  # runs.query_fields of a row these rules filled
-TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS > 0
+QUERY_FIELDS_VERSION = 2  # runs.query_fields of a row these rules filled (1: before inputs_kv, outputs_kv)
+TAPPED = frozenset({"tags", "extra", "inputs", "outputs"})
 SEARCH_TEXT_CHARS = 0  # of inputs' and of outputs' strings (0: none); set from Settings (configure)
 MAX_TAGS = 100
 MAX_TAG_CHARS = 256
@@ -29,6 +35,9 @@ MAX_METADATA_KEYS = 100
 MAX_METADATA_KEY_CHARS = 256
 METADATA_VALUE_CHARS = 1000  # compile.METADATA_VALUE_CHARS
 MAX_TOKENS = 2**62
+KV_KEYS = 8  # top-level keys of inputs and of outputs kept in inputs_kv / outputs_kv
+KV_KEY_CHARS = 256  # a longer key is not kept
+KV_VALUE_CHARS = 100  # compile.KV_VALUE_CHARS
 _DEEP = 1 << 30  # a limit no depth reaches
 _OFF = (0, 0)
 TOKEN_COLUMNS = (
@@ -79,10 +88,9 @@ PATHS = {
 
 
 def configure(search_text_chars: int) -> None:
-    """SEARCH_TEXT_CHARS from Settings; 0 leaves inputs untapped."""
-    global SEARCH_TEXT_CHARS, TAPPED
+    """SEARCH_TEXT_CHARS from Settings."""
+    global SEARCH_TEXT_CHARS
     SEARCH_TEXT_CHARS = search_text_chars
-    TAPPED = frozenset({"tags", "extra", "outputs", *(("inputs",) if search_text_chars else ())})
 
 
 class Tap:
@@ -100,6 +108,8 @@ class Tap:
         "nodes",
         "trie",
         "text_on",
+        "kv",
+        "io",
     )
 
     def __init__(self) -> None:
@@ -108,6 +118,7 @@ class Tap:
         self.metadata: dict[str, str] = {}
         self.usage: list[dict] | None = None  # per source, in order of precedence, once one is found
         self.texts: list[str] = []
+        self.io: list[dict | None] = [None, None]  # inputs' and outputs' top-level keys, once found
 
     def start(self, field: str) -> tuple[int, int]:
         """A tapped field's value begins (an object or array at depth 3): the limits for it."""
@@ -115,10 +126,26 @@ class Tap:
         self.keys, self.nodes = [], []
         self.text_left = SEARCH_TEXT_CHARS  # for each of inputs and outputs
         self.text_on = field in ("inputs", "outputs") and self.text_left > 0
-        self.trie = (0, 3) if field == "tags" else (3, 2) if PATHS[field] else _OFF
+        self.kv = None
+        if field in ("inputs", "outputs"):
+            self.kv = self.io[field == "outputs"] = {}
+            self.trie = (3, 3)
+        else:
+            self.trie = (0, 3) if field == "tags" else (3, 2) if PATHS[field] else _OFF
         return (_DEEP, _DEEP) if self.text_on else self.trie
 
     def key(self, depth: int, key: str) -> tuple[int, int]:
+        kv = self.kv
+        if kv is not None and depth == 3:
+            if len(kv) >= KV_KEYS:
+                self.kv = kv = None  # enough: from this key on, the field's paths only
+            elif len(key) <= KV_KEY_CHARS:
+                kv.setdefault(key.replace("\x00", ""), None)
+        if self.field == "inputs":  # no path: its top-level keys only (and text, when kept)
+            if depth == 3:
+                self.keys = [key]
+                self.trie = (3, 3) if kv is not None else (2, 2)
+            return (_DEEP, _DEEP) if self.text_on else self.trie
         keys, nodes, i = self.keys, self.nodes, depth - 3
         if len(keys) > i:
             del keys[i:], nodes[i:]
@@ -134,6 +161,8 @@ class Tap:
             self.trie = (_DEEP, _DEEP)
         elif node is not None:
             self.trie = (depth, depth)  # a leaf: its value, not what is inside it
+        elif kv is not None and depth == 3:
+            self.trie = (3, 3)  # a top-level key: its plain value for outputs_kv
         else:
             self.trie = (depth, depth - 1)  # siblings' keys, nothing of this one's value
         return (_DEEP, _DEEP) if self.text_on else self.trie
@@ -148,9 +177,22 @@ class Tap:
             self.text_left -= min(len(value), self.text_left)
             if self.text_left <= 0:
                 self.text_on = False
+        if depth == 3 and self.field in ("inputs", "outputs") and self.keys:
+            self._kv_value(self.keys[0], value)
         if len(self.keys) == depth - 2 and self.nodes and self.nodes[-1] is not None:
             self._leaf(self.nodes[-1], self.keys[-1], value)
         return (_DEEP, _DEEP) if self.text_on else self.trie
+
+    def _kv_value(self, key: str, value: object) -> None:
+        kv = self.io[self.field == "outputs"]
+        key = key.replace("\x00", "")
+        if value is not None and key in kv and kv[key] is None:
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value if isinstance(value, bool | int) else float(value))
+            )
+            kv[key] = text[:KV_VALUE_CHARS].replace("\x00", "")
 
     def _leaf(self, leaf: tuple, key: str, value: object) -> None:
         if leaf is _META:
@@ -199,8 +241,9 @@ class Tap:
                 limits[:] = self.scalar(depth, Decimal(repr(item)) if isinstance(item, float) else item)
 
     def columns(self) -> tuple:
-        """The values of the query columns (store/rows.RunRow, ``tags`` to ``search_text``)."""
-        if not (self.tags or self.metadata or self.usage or self.texts):
+        """The values of the query columns (store/rows.RunRow, ``tags`` to ``outputs_kv``)."""
+        inputs, outputs = self.io
+        if not (self.tags or self.metadata or self.usage or self.texts or inputs or outputs):
             return NO_TAP
         usage = next((found for found in self.usage if found), None) if self.usage else None
         if usage is None:
@@ -220,6 +263,8 @@ class Tap:
             json.dumps(self.metadata) if self.metadata else "{}",
             *tokens,
             search_text(self.tags, self.metadata, self.texts),
+            json.dumps(inputs) if inputs else "{}",
+            json.dumps(outputs) if outputs else "{}",
         )
 
 
@@ -230,9 +275,9 @@ def search_text(tags: list[str], metadata: dict[str, str], texts: list[str]) -> 
     return "\n".join([*tags, *metadata.values(), *texts]).replace("\x00", "")
 
 
-NO_TAP = ("[]", "{}", None, None, None, None, None, None, None)
+NO_TAP = ("[]", "{}", None, None, None, None, None, None, None, "{}", "{}")
 
 
 def query_columns(run) -> tuple:
-    """A parsed run's query columns (store/rows.RunRow, from ``tags`` to ``search_text``)."""
+    """A parsed run's query columns (store/rows.RunRow, from ``tags`` to ``outputs_kv``)."""
     return NO_TAP if run.tap is None else run.tap.columns()  # None: no tapped field came

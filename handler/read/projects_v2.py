@@ -104,7 +104,7 @@ def v1_fields(fields: dict, allowed: frozenset) -> dict:
         raise RunError(400, f"unsupported fields: {', '.join(unknown)}")
     v1 = {k: v for k, v in fields.items() if k in allowed}
     if v1.get("trace_tier") is not None:
-        if v1["trace_tier"] not in TIERS:
+        if not isinstance(v1["trace_tier"], str) or v1["trace_tier"] not in TIERS:
             raise RunError(400, "trace_tier must be LONG_LIVED or SHORT_LIVED")
         v1["trace_tier"] = TIERS[v1["trace_tier"]]
     return v1

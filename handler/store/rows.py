@@ -45,6 +45,8 @@ class RunRow(NamedTuple):
     completion_cost: str | None = None
     total_cost: str | None = None
     search_text: str | None = None
+    inputs_kv: str = "{}"  # JSON (schema/0010)
+    outputs_kv: str = "{}"
     query_fields: int | None = QUERY_FIELDS_VERSION
 
     @classmethod
@@ -143,6 +145,8 @@ _TYPES = {
     "prompt_cost": "numeric",
     "completion_cost": "numeric",
     "total_cost": "numeric",
+    "inputs_kv": "jsonb",
+    "outputs_kv": "jsonb",
     "query_fields": "smallint",
 }
 COLUMNS = ", ".join(RunRow._fields)
