@@ -392,12 +392,12 @@ def test_query_columns_from_values_equal_the_splitters():
             "outputs": {"a": 1.5, "b": {"c": 1}, **{f"o{i}": "v" for i in range(9)}, "usage_metadata": {}},
         },
     ]
-    for chars in (0, 40):
-        extract.configure(chars)
+    for chars, io_keys in ((0, 0), (40, 0), (0, 8), (40, 3)):
+        extract.configure(chars, io_keys)
         try:
             for fields in runs:
                 body = orjson.dumps(fields)
                 expected = extract.query_columns(parse_run(body, 1 << 20, 512, "run"))
-                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, fields)
+                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, io_keys, fields)
         finally:
             extract.configure(0)

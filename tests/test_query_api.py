@@ -44,6 +44,7 @@ def server(tmp_path_factory):
         "query-api",
         API_KEYS=f"querier:{hash_key(KEY)}",
         SEARCH_TEXT_CHARS="1000",
+        IO_KEYS="8",
     )
     yield srv
     srv.stop()
@@ -383,7 +384,7 @@ def make_corpus(project: str, seed: int = 7) -> list[dict]:
     return runs  # fmt: skip
 
 
-KV_KEYS, KV_VALUE_CHARS = 8, 100  # extract.py's bounds, restated
+KV_KEYS, KV_VALUE_CHARS = 8, 100  # IO_KEYS as the server is started, extract.py's bound, restated
 
 
 def kv_of(value: object) -> dict:

@@ -44,6 +44,14 @@ ROW = {
 }
 
 
+@pytest.fixture(autouse=True)
+def io_keys():
+    """Inputs' and outputs' keys kept, as IO_KEYS=8 asks (the fields are refused without)."""
+    extract.configure(0, 8)
+    yield
+    extract.configure(0)
+
+
 def error_of(text: str) -> str:
     with pytest.raises(RunError) as raised:
         check(text)
@@ -279,14 +287,20 @@ KV_RUN = {
 def test_input_and_output_keys(chars):
     """The first KV_KEYS top-level keys of inputs and outputs, plain values as text (cut at
     KV_VALUE_CHARS), null for objects, arrays and null; the same with search text kept or not."""
-    extract.configure(chars)
-    try:
-        found = columns_of(KV_RUN)
-    finally:
-        extract.configure(0)
+    extract.configure(chars, 8)
+    found = columns_of(KV_RUN)
     assert json.loads(found["inputs_kv"]) == {
         "q": "hello", "n": "5", "f": "1.5", "ok": "true", "none": None, "deep": None, "list": None, "long": "x" * 100,
     }  # fmt: skip
     assert json.loads(found["outputs_kv"]) == {"answer": "yes", **{f"o{i}": str(i) for i in range(7)}}
     assert (found["prompt_tokens"], found["total_tokens"]) == (3, 7)
     assert columns_of({"inputs": {}})["inputs_kv"] == "{}"
+
+
+def test_input_and_output_keys_are_off_by_default():
+    """IO_KEYS=0 (the default): nothing kept, and the fields say why (400)."""
+    extract.configure(0)
+    found = columns_of(KV_RUN)
+    assert (found["inputs_kv"], found["outputs_kv"], found["total_tokens"]) == ("{}", "{}", 7)
+    assert "IO_KEYS" in error_of('and(eq(input_key, "q"), eq(output_value, "x"))')
+    assert evaluate(check('eq(metadata_key, "user_id")'), ROW)  # metadata is not concerned

@@ -39,7 +39,7 @@ RETURNING id
 
 async def backfill(settings: Settings, batch: int = BATCH) -> tuple[int, int]:
     """Returns (rows filled, rows that could not be)."""
-    configure(settings.search_text_chars)
+    configure(settings.search_text_chars, settings.io_keys)
     store, db = ObjectStore(settings), Database(settings)
     await store.start()
     await db.start()

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from handler.base.errors import RunError
+from handler.query import extract
 from handler.query.fields import FIELDS, ORDERED_KINDS, PAIRS, SPECIAL, field_error, unknown_field, value_for
 from handler.query.grammar import Call, Field, Literal, parse
 
@@ -32,7 +33,7 @@ _ARRAY_CASTS = {
 }
 _META_OPS = ("eq", "neq", "in", "like", "notlike")
 METADATA_VALUE_CHARS = 1000  # what extraction keeps of a metadata value (extract.py)
-KV_VALUE_CHARS = 100  # of an inputs_kv / outputs_kv value (extract.py, schema/0010)
+KV_VALUE_CHARS = extract.KV_VALUE_CHARS  # of an inputs_kv / outputs_kv value (schema/0010)
 # The partial GIN indexes of schema/0007 cover rows with tags or metadata; saying so lets them serve.
 _META_SET = "{r}.{column} <> '{{}}'::jsonb"
 _NULL_TRUE = ("neq", "notlike")  # value tests a pair with a null value (an object's key) passes
@@ -121,6 +122,12 @@ def _check(call: Call) -> Node:
     if field == "metadata":
         return _metadata_has(call, literal)
     if field in PAIRS:
+        if PAIRS[field][0] != "metadata" and not extract.IO_KEYS:
+            raise RunError(
+                400,
+                f"filter: the field {field} is not supported: inputs' and outputs' keys are kept only"
+                f" when the server's IO_KEYS is above 0 (at position {call.pos})",
+            )
         return Node("meta", field=PAIRS[field][0], children=(_metadata_condition(call, field, literal),))
     if field in ("feedback_key", "feedback_score", "feedback_value"):
         return Node("feedback", children=(_feedback_condition(call, field, literal),))

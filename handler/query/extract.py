@@ -13,12 +13,15 @@ the bulk of a payload never reaches it. The paths it reads:
     outputs.llm_output.usage.*                (Anthropic-style)
     outputs.generations[*][*].message.kwargs.usage_metadata.*   (LangChain's chat models)
     inputs.**, outputs.** strings             search text, the first SEARCH_TEXT_CHARS characters of each
-    inputs.<key>, outputs.<key>               inputs_kv / outputs_kv (schema/0010): the first KV_KEYS
-                                              top-level keys of each, with their plain values as text
-                                              (KV_VALUE_CHARS; null for an object or array value)
+    inputs.<key>, outputs.<key>               inputs_kv / outputs_kv (schema/0010), when IO_KEYS > 0:
+                                              the first IO_KEYS top-level keys of each, their plain
+                                              values as text (KV_VALUE_CHARS; null for an object, an
+                                              array or null)
 
-The top-level keys cost a Tap call per key and per plain value, so they are bounded: past KV_KEYS
-keys of a field the Tap asks for nothing more of it (inputs) or only its paths (outputs).
+The top-level keys cost a Tap call per key and per plain value (the 5000_1kb workload, 22 keys a
+run, spends +60% in the splitter with 8 of each kept), so they are off by default (IO_KEYS=0:
+the filter fields answer 400) and bounded when on: past IO_KEYS keys of a field the Tap asks for
+nothing more of it (inputs) or only its paths (outputs).
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ import json
 from decimal import Decimal
 
 QUERY_FIELDS_VERSION = 2  # runs.query_fields of a row these rules filled (1: before inputs_kv, outputs_kv)
-TAPPED = frozenset({"tags", "extra", "inputs", "outputs"})
+TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS or IO_KEYS > 0
 SEARCH_TEXT_CHARS = 0  # of inputs' and of outputs' strings (0: none); set from Settings (configure)
+IO_KEYS = 0  # top-level keys of inputs and of outputs kept (0: none); set from Settings (configure)
 MAX_TAGS = 100
 MAX_TAG_CHARS = 256
 MAX_METADATA_KEYS = 100
 MAX_METADATA_KEY_CHARS = 256
 METADATA_VALUE_CHARS = 1000  # compile.METADATA_VALUE_CHARS
 MAX_TOKENS = 2**62
-KV_KEYS = 8  # top-level keys of inputs and of outputs kept in inputs_kv / outputs_kv
 KV_KEY_CHARS = 256  # a longer key is not kept
-KV_VALUE_CHARS = 100  # compile.KV_VALUE_CHARS
+KV_VALUE_CHARS = 100  # of a top-level value of inputs or outputs (and compared so, compile.py)
 _DEEP = 1 << 30  # a limit no depth reaches
 _OFF = (0, 0)
 TOKEN_COLUMNS = (
@@ -50,6 +53,7 @@ TOKEN_COLUMNS = (
 )
 # Leaf markers: ("meta",) a metadata value; (source, column) a token count or cost.
 _META = ("meta",)
+_NO_IO = (None, None)
 
 
 def _usage(source: int, names: dict[str, str]) -> dict:
@@ -87,10 +91,12 @@ PATHS = {
 }
 
 
-def configure(search_text_chars: int) -> None:
-    """SEARCH_TEXT_CHARS from Settings."""
-    global SEARCH_TEXT_CHARS
-    SEARCH_TEXT_CHARS = search_text_chars
+def configure(search_text_chars: int, io_keys: int = 0) -> None:
+    """SEARCH_TEXT_CHARS and IO_KEYS from Settings; both 0 leave inputs untapped."""
+    global SEARCH_TEXT_CHARS, IO_KEYS, TAPPED
+    SEARCH_TEXT_CHARS, IO_KEYS = search_text_chars, io_keys
+    tap_inputs = search_text_chars > 0 or io_keys > 0
+    TAPPED = frozenset({"tags", "extra", "outputs", *(("inputs",) if tap_inputs else ())})
 
 
 class Tap:
@@ -109,6 +115,7 @@ class Tap:
         "trie",
         "text_on",
         "kv",
+        "kv_key",
         "io",
     )
 
@@ -118,7 +125,7 @@ class Tap:
         self.metadata: dict[str, str] = {}
         self.usage: list[dict] | None = None  # per source, in order of precedence, once one is found
         self.texts: list[str] = []
-        self.io: list[dict | None] = [None, None]  # inputs' and outputs' top-level keys, once found
+        self.io: list | tuple = _NO_IO  # inputs' and outputs' top-level keys (IO_KEYS > 0)
 
     def start(self, field: str) -> tuple[int, int]:
         """A tapped field's value begins (an object or array at depth 3): the limits for it."""
@@ -126,8 +133,10 @@ class Tap:
         self.keys, self.nodes = [], []
         self.text_left = SEARCH_TEXT_CHARS  # for each of inputs and outputs
         self.text_on = field in ("inputs", "outputs") and self.text_left > 0
-        self.kv = None
-        if field in ("inputs", "outputs"):
+        self.kv = self.kv_key = None
+        if IO_KEYS and field in ("inputs", "outputs"):
+            if self.io is _NO_IO:
+                self.io = [None, None]
             self.kv = self.io[field == "outputs"] = {}
             self.trie = (3, 3)
         else:
@@ -135,16 +144,21 @@ class Tap:
         return (_DEEP, _DEEP) if self.text_on else self.trie
 
     def key(self, depth: int, key: str) -> tuple[int, int]:
-        kv = self.kv
-        if kv is not None and depth == 3:
-            if len(kv) >= KV_KEYS:
+        if depth == 3:
+            self.kv_key = None
+            kv = self.kv
+            if kv is not None and len(kv) >= IO_KEYS:
                 self.kv = kv = None  # enough: from this key on, the field's paths only
-            elif len(key) <= KV_KEY_CHARS:
-                kv.setdefault(key.replace("\x00", ""), None)
-        if self.field == "inputs":  # no path: its top-level keys only (and text, when kept)
-            if depth == 3:
-                self.keys = [key]
-                self.trie = (3, 3) if kv is not None else (2, 2)
+            if kv is not None:  # a top-level key of inputs or outputs, to keep
+                if len(key) <= KV_KEY_CHARS:
+                    self.kv_key = key = key.replace("\x00", "")
+                    kv.setdefault(key, None)  # its plain value, if it has one, comes next
+                if key not in self.first:  # no path through it: its value only
+                    self.keys, self.nodes, self.trie = [key], [None], (3, 3)
+                    return (_DEEP, _DEEP) if self.text_on else self.trie
+            if self.field == "inputs":  # no path: nothing more (but text, when it is kept)
+                self.trie = _OFF
+        if self.field == "inputs":
             return (_DEEP, _DEEP) if self.text_on else self.trie
         keys, nodes, i = self.keys, self.nodes, depth - 3
         if len(keys) > i:
@@ -161,13 +175,20 @@ class Tap:
             self.trie = (_DEEP, _DEEP)
         elif node is not None:
             self.trie = (depth, depth)  # a leaf: its value, not what is inside it
-        elif kv is not None and depth == 3:
-            self.trie = (3, 3)  # a top-level key: its plain value for outputs_kv
         else:
             self.trie = (depth, depth - 1)  # siblings' keys, nothing of this one's value
         return (_DEEP, _DEEP) if self.text_on else self.trie
 
     def scalar(self, depth: int, value: object) -> tuple[int, int]:
+        if depth == 3 and self.kv_key is not None:
+            key, self.kv_key = self.kv_key, None
+            if value is not None:
+                text = (
+                    value
+                    if isinstance(value, str)
+                    else json.dumps(value if isinstance(value, bool | int) else float(value))
+                )
+                self.io[self.field == "outputs"][key] = text[:KV_VALUE_CHARS].replace("\x00", "")
         if self.field == "tags":
             if len(self.tags) < MAX_TAGS and isinstance(value, str):
                 self.tags.append(value[:MAX_TAG_CHARS].replace("\x00", ""))
@@ -177,22 +198,9 @@ class Tap:
             self.text_left -= min(len(value), self.text_left)
             if self.text_left <= 0:
                 self.text_on = False
-        if depth == 3 and self.field in ("inputs", "outputs") and self.keys:
-            self._kv_value(self.keys[0], value)
         if len(self.keys) == depth - 2 and self.nodes and self.nodes[-1] is not None:
             self._leaf(self.nodes[-1], self.keys[-1], value)
         return (_DEEP, _DEEP) if self.text_on else self.trie
-
-    def _kv_value(self, key: str, value: object) -> None:
-        kv = self.io[self.field == "outputs"]
-        key = key.replace("\x00", "")
-        if value is not None and key in kv and kv[key] is None:
-            text = (
-                value
-                if isinstance(value, str)
-                else json.dumps(value if isinstance(value, bool | int) else float(value))
-            )
-            kv[key] = text[:KV_VALUE_CHARS].replace("\x00", "")
 
     def _leaf(self, leaf: tuple, key: str, value: object) -> None:
         if leaf is _META:

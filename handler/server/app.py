@@ -29,7 +29,7 @@ def make_app(
     budget: Budget | None = None,
 ) -> tornado.web.Application:
     """The routes; ``budget`` is the memory all ingesting requests share (one per process)."""
-    extract.configure(settings.search_text_chars)
+    extract.configure(settings.search_text_chars, settings.io_keys)
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     budget = budget or Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
     ingest_deps = {**deps, "in_flight": in_flight or InFlight(), "budget": budget}
