@@ -3,8 +3,9 @@
 -- for an object or array value), filled at ingest by handler/query/extract.py (KV_KEYS,
 -- KV_VALUE_CHARS). No index: a filter on them is answered within the project's start-time
 -- window, like search(); an index would cost every ingested run (README, "Finding runs").
--- Rows written before this migration have query_fields 1 (or NULL): `python -m handler
--- backfill-query` fills these columns from their bytes, found by the index below.
+-- Rows kept without them (before this migration, or while IO_KEYS is 0) have query_fields 1 (2:
+-- with them); `python -m handler backfill-query` under IO_KEYS > 0 fills them from the runs'
+-- bytes, finding the rows by the index below.
 -- depends: 0008_retention
 ALTER TABLE runs
     ADD COLUMN inputs_kv jsonb NOT NULL DEFAULT '{}',

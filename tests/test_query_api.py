@@ -23,6 +23,7 @@ from langsmith import Client
 from langsmith.utils import LangSmithError
 
 from handler.base.errors import RunError
+from handler.query import extract
 from handler.query.compile import check
 from handler.query.evaluate import evaluate
 from handler.read.sessions import session_id_for
@@ -34,6 +35,14 @@ from tests.server import start_server
 KEY = "query-key"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def io_keys():
+    """The server's IO_KEYS here too: check() refuses input_key ... without."""
+    extract.configure(0, 8)
+    yield
+    extract.configure(0)
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ def test_sessions_create_retrieve_update_list(traces):
 
     async def test(client):
         made = await client.sessions.create_v2(
-            type="PROJECT", name=name, description="first", extra={"metadata": {"team": "red"}, "keep": 1},
+            type="PROJECT", name=name, description="first", extra={"metadata": {"team": name}, "keep": 1},
             trace_tier="LONG_LIVED", longlived_ttl_days=400,
         )  # fmt: skip
         assert made.id == str(session_id_for("querier", name)) and made.type == "PROJECT"
@@ -163,7 +163,7 @@ def test_sessions_create_retrieve_update_list(traces):
             made.id, extra={"keep": None, "added": True}, trace_tier="SHORT_LIVED"
         )
         assert (
-            changed.extra == {"metadata": {"team": "red"}, "added": True}
+            changed.extra == {"metadata": {"team": name}, "added": True}
             and changed.trace_tier == "SHORT_LIVED"
         )
         assert changed.description == "second"  # left out: unchanged
@@ -173,7 +173,7 @@ def test_sessions_create_retrieve_update_list(traces):
         assert counted.run_count == 6 and (await client.sessions.retrieve_v2(traced_id)).run_count is None
         listed = await items(client.sessions.list_v2(name=name))
         assert [p.id for p in listed] == [made.id]
-        assert [p.id for p in await items(client.sessions.list_v2(metadata=json.dumps({"team": "red"})))] == [
+        assert [p.id for p in await items(client.sessions.list_v2(metadata=json.dumps({"team": name})))] == [
             made.id
         ]
         assert await items(client.sessions.list_v2(name=name, type=["EXPERIMENT"])) == []

@@ -2,8 +2,8 @@
 before them, from the runs' bytes, by the same rules as ingestion (the run is parsed by parse_run, whose
 events feed extract.Tap).
 
-Rows still to fill have ``query_fields`` NULL (before 0007) or below QUERY_FIELDS_VERSION (1: before
-0010's inputs_kv / outputs_kv); a partial index finds them. They are taken in
+Rows still to fill have ``query_fields`` NULL (before 0007) or, when IO_KEYS > 0, 1 (kept without
+inputs' and outputs' keys: before 0010 or while IO_KEYS was 0); a partial index finds them. They are taken in
 (tenant, id) order, a batch at a time, one run's bytes in memory at a time; a row is updated only
 if it still points at the bytes that were read (a patch meanwhile has filled it already). A run
 whose bytes cannot be read or parsed is logged and left for the next pass. Safe to run while the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from handler.base.errors import RunError
-from handler.query.extract import QUERY_FIELDS_VERSION, configure, query_columns
+from handler.query.extract import configure, fields_version, query_columns
 from handler.runs.splitter import parse_run
 from handler.server.config import Settings
 from handler.store.db import Database
@@ -46,7 +46,7 @@ async def backfill(settings: Settings, batch: int = BATCH) -> tuple[int, int]:
     filled = failed = 0
     after: tuple = ("", "00000000-0000-0000-0000-000000000000")
     try:
-        while rows := await db.fetch(SELECT, (QUERY_FIELDS_VERSION, *after, batch)):
+        while rows := await db.fetch(SELECT, (fields_version(), *after, batch)):
             for tenant, run_id, key, offset, size in rows:
                 try:
                     data = await store.read_all(Location(key, offset), size)
@@ -55,7 +55,7 @@ async def backfill(settings: Settings, batch: int = BATCH) -> tuple[int, int]:
                     log.warning("backfill-query: run %s of %s left as it is: %s", run_id, tenant, e)
                     failed += 1
                     continue
-                values = (*query_columns(run), QUERY_FIELDS_VERSION, tenant, str(run_id), key, offset)
+                values = (*query_columns(run), fields_version(), tenant, str(run_id), key, offset)
                 filled += len(await db.fetch(UPDATE, values))
             after = (rows[-1][0], str(rows[-1][1]))
             log.info("backfill-query: %d filled, %d left as they are", filled, failed)

@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-QUERY_FIELDS_VERSION = 2  # runs.query_fields of a row these rules filled (1: before inputs_kv, outputs_kv)
+# runs.query_fields of a row these rules filled: 1, or 2 with inputs' and outputs' keys (IO_KEYS >
+# 0), so that backfill-query under IO_KEYS > 0 refills the rows kept without (fields_version).
+QUERY_FIELDS_VERSION = 1
 TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS or IO_KEYS > 0
 SEARCH_TEXT_CHARS = 0  # of inputs' and of outputs' strings (0: none); set from Settings (configure)
 IO_KEYS = 0  # top-level keys of inputs and of outputs kept (0: none); set from Settings (configure)
@@ -89,6 +91,10 @@ PATHS = {
         },
     },
 }
+
+
+def fields_version() -> int:
+    return 2 if IO_KEYS else QUERY_FIELDS_VERSION
 
 
 def configure(search_text_chars: int, io_keys: int = 0) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from handler.query.extract import QUERY_FIELDS_VERSION, query_columns
+from handler.query.extract import QUERY_FIELDS_VERSION, fields_version, query_columns
 from handler.runs.schema import Run
 from handler.store.objects import Location
 
@@ -70,6 +70,7 @@ class RunRow(NamedTuple):
             location.offset,
             run.error,
             *query_columns(run),
+            fields_version(),
         )
 
     @property
