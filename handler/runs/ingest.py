@@ -27,9 +27,10 @@ from handler.runs.merge import build_object, merged, object_fields
 from handler.runs.schema import REQUIRED, Run
 from handler.runs.splitter import RunPart, parse_run
 from handler.server.config import Settings
-from handler.store.db import CommitUnknown, Database, committed_keys
+from handler.store.db import Database
 from handler.store.group import GroupCommitUnknown, Relocate, committer, unmoved
 from handler.store.objects import Location, ObjectStore
+from handler.store.outcome import CommitUnknown, committed_keys, count_when_back
 from handler.store.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
 from handler.store.segments import Packer, Segment
 from handler.store.transaction import Writes, write_group
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 # Batches whose insert had an unknown outcome, being settled after their request ended.
 _SETTLING: set[asyncio.Task] = set()
-_SETTLE_EVERY_S = 2
-_SETTLE_FOR_S = 600
 # Writes retried after merging with what other requests wrote meanwhile (WrittenMeanwhile), at most.
 _MERGE_ATTEMPTS = 3
 
@@ -395,26 +394,14 @@ class BatchIngest:
         """Once the database answers again: delete what the request wrote if it did not commit,
         or what it replaced if it did."""
         keys = committed_keys(list(self._rows.values()), list(self._replaced.values()), self._attachments)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _SETTLE_FOR_S
-        while loop.time() < deadline:
-            await asyncio.sleep(_SETTLE_EVERY_S)
-            try:
-                found = await self._db.count_committed(keys, backend, self.tenant, list(self._feedback))
-            except Exception as e:  # the database is still away: try again
-                log.debug("settling: %s", e)
-                continue
-            await self.settled(found > 0)
-            if found == 0:
-                log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
-            else:
-                log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
+        found = await count_when_back(self._db.connect, keys, backend, self.tenant, list(self._feedback))
+        if found is None:
             return
-        log.error(
-            "could not settle %d runs in %d s; gc will remove their objects if unused",
-            len(keys),
-            _SETTLE_FOR_S,
-        )
+        await self.settled(found > 0)
+        if found == 0:
+            log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
+        else:
+            log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
 
     async def settled(self, committed: bool) -> None:
         """An unknown commit outcome is known now: delete what the request wrote if it did not
