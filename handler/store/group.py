@@ -164,9 +164,12 @@ class GroupCommitter:
         try:
             outcomes = await self._write(tenant, group)
         except BaseException as e:  # noqa: BLE001 -- every member gets the group's failure
-            for answer in group.answers:
+            # An unknown commit still knows which requests were refused (rolled back to their
+            # savepoints): those get their own error (a 409 stays a 409), the others the group's.
+            own = e.outcomes if isinstance(e, CommitUnknown) and e.outcomes else [None] * len(group.answers)
+            for answer, outcome in zip(group.answers, own, strict=True):
                 if not answer.done():
-                    answer.set_exception(e)
+                    answer.set_exception(outcome or e)
         else:
             for answer, outcome in zip(group.answers, outcomes, strict=True):
                 if answer.done():
@@ -200,7 +203,9 @@ class GroupCommitter:
             task = asyncio.create_task(self._settle_later(tenant, writes, outcomes, members, key, e.backend))
             _RUNNING.add(task)
             task.add_done_callback(_RUNNING.discard)
-            raise GroupCommitUnknown(e.__cause__ or e, e.backend) from e
+            unknown = GroupCommitUnknown(e.__cause__ or e, e.backend)
+            unknown.outcomes = outcomes
+            raise unknown from e
         except BaseException:
             if key is not None:
                 await self._delete(key)  # nothing committed: no row points at it
@@ -229,7 +234,8 @@ class GroupCommitter:
         if not committed and key is not None:
             await self._delete(key)
         for member, outcome in zip(members, outcomes, strict=True):
-            await member.settled(committed and outcome is None)
+            if outcome is None:  # the refused were answered their own error, and cleaned up
+                await member.settled(committed)
         log.warning("settled: the group had %scommitted", "" if committed else "not ")
 
     async def _delete(self, key: str) -> None:
