@@ -4,9 +4,11 @@
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
 ``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``monitor_query.txt``,
-``otlp.txt``, ``memory.txt``, ``concurrency.txt``, ``connections.txt`` and ``scaling.txt`` written by
+``ingest_cpu.txt``, ``query_1m.txt``, ``otlp.txt``, ``latency.txt``, ``row_write.txt``,
+``memory.txt``, ``concurrency.txt``, ``connections.txt`` and ``scaling.txt`` written by
 ``make benchmark``, ``make memprofile``, ``make concurrency``, ``make connections`` and
-``make scaling``.
+``make scaling``. Each section says when its file was written: the make targets run apart, so a
+section can be older than the save.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -187,13 +190,15 @@ def chart(data: list[dict]) -> None:
 
 
 def optional(path: Path, start: str | None = None) -> str:
-    """The file's text (from its line ``start`` on, when given), or why there is none."""
+    """The file's text (from its line ``start`` on, when given) after the time it was written, or
+    why there is none."""
     if not path.exists():
         return "(not run: see the command above)"
     text = path.read_text()
     if start is not None and start in text:
         text = text[text.index(start) + len(start) :]
-    return text.strip()
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"({path.name}, written {written})\n{text.strip()}"
 
 
 def main() -> None:
@@ -324,6 +329,38 @@ stored per second, and the server's CPU per span (its process CPU over the spans
 
 ```
 {optional(SAVES / "otlp.txt")}
+```
+
+## CPU per batch, server and PostgreSQL (`python -m benchmarks.ingest_cpu`)
+
+The server's and PostgreSQL's CPU per batch of each reference workload (not wall time, which moves
+with the machine's load): how the query columns' ingest cost was held to its budget.
+
+```
+{optional(SAVES / "ingest_cpu.txt")}
+```
+
+## Filters over 1M runs (`python -m benchmarks.query_1m`)
+
+The filter language's common filters over one project's last day, against 1 million runs made by
+`generate_series` (10 projects over 7 days), median of the rounds, and cursor paging through
+10,000 results; `.benchmarks/query_1m.txt` also has each plan (`EXPLAIN (ANALYZE, BUFFERS)`).
+
+{optional(SAVES / "query_1m.txt").split(chr(10) * 2 + "## ")[0].strip()}
+
+## A lone client's latency (`python -m benchmarks.latency`)
+
+One-run POSTs sent one after another by one client, group commit on (the default) and off
+(`GROUP_MAX_BYTES=0`), the two servers taking the requests in turn:
+
+```
+{optional(SAVES / "latency.txt")}
+```
+
+## A group's rows, three ways (`python -m benchmarks.row_write`)
+
+```
+{optional(SAVES / "row_write.txt")}
 ```
 
 ## Memory (`make memprofile`)

@@ -21,7 +21,8 @@ import uuid
 import pytest
 
 from handler.server.auth import hash_key
-from handler.store.db import CommitUnknown, Database
+from handler.store import outcome
+from handler.store.db import Database
 from handler.store.migrations import migrate, rollback_last
 from tests.client import HttpClient, Response
 from tests.conftest import FreshConnections
@@ -407,14 +408,15 @@ def test_other_routes_not_served_answer_404_saying_so(http):
 
 def test_an_unknown_commit_is_settled_by_its_feedback_too(http, settings):
     """A body of feedback alone writes no object: when its commit's outcome is unknown (the
-    connection broke), what settles it is the count of its feedback ids (db.count_committed)."""
+    connection broke), what settles it is the count of its feedback ids (outcome.count_committed)."""
     stored = post_feedback(http, feedback(run_id=new_id())).json()["id"]
 
     async def count(ids: list[str]) -> int:
         database = Database(settings)
         await database.start()
         try:  # (0, 0): no backend to wait for
-            return await database.count_committed([], (0, 0), TENANT, [uuid.UUID(i) for i in ids])
+            feedback_ids = [uuid.UUID(i) for i in ids]
+            return await outcome.count_committed(database.connect, [], (0, 0), TENANT, feedback_ids)
         finally:
             await database.close()
 
@@ -428,8 +430,8 @@ def test_a_broken_commit_with_nothing_to_count_is_never_taken_as_done(settings):
 
     async def settle() -> None:
         database = Database(settings)  # not started: it must not need to ask
-        with pytest.raises(CommitUnknown):
-            await database._settle([], [], [], (0, 0), OSError("connection broke"))
+        with pytest.raises(outcome.CommitUnknown):
+            await outcome.settle(database.connect, [], (0, 0), OSError("connection broke"))
 
     asyncio.run(settle())
 

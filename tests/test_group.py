@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg2
 import pytest
 
+from handler.base.errors import RunError
 from handler.store.db import Database
-from handler.store.group import _shared_segment
+from handler.store.group import GroupCommitter, GroupCommitUnknown, _shared_segment
 from handler.store.objects import Location
 from handler.store.rows import RunRow
 from handler.store.segments import Segment
@@ -90,6 +91,32 @@ def test_a_requests_extra_statements_commit_or_roll_back_with_its_rows(settings,
         with db.cursor() as cur:
             cur.execute("DELETE FROM runs WHERE object_key = %s", (key,))
             cur.execute("DELETE FROM sessions WHERE id = %s", (str(project),))
+
+
+def test_an_unknown_group_commit_answers_a_request_its_savepoint_refused_with_its_own_error(settings):
+    """The connection broke with the group's COMMIT sent: whether it committed is unknown (503 for
+    the requests in it), but a request refused at its savepoint stored nothing either way, so it
+    gets its own answer (a 409 stays a 409, which a client must not retry) and is not settled
+    later with the group."""
+    refused = RunError(409, "id already exists")
+
+    class BrokenAtCommit(GroupCommitter):
+        async def _write(self, tenant, group):
+            unknown = GroupCommitUnknown(OSError("connection broke"), (0, 0))
+            unknown.outcomes = [None, refused]
+            raise unknown
+
+    class Member:
+        group_id, tail, run_count = None, None, 1
+
+    async def commit_two() -> list:
+        committer = BrokenAtCommit(None, None, settings)
+        answers = [committer.commit("default", Member()) for _ in range(2)]
+        return await asyncio.gather(*answers, return_exceptions=True)
+
+    first, second = asyncio.run(commit_two())
+    assert isinstance(first, GroupCommitUnknown) and first.status == 503
+    assert second is refused
 
 
 class TableLock:

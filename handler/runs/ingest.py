@@ -13,7 +13,6 @@ until ``python -m handler compact`` rewrites the segment.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from handler.feedback.schema import FeedbackRow
 from handler.feedback.store import INSERT as INSERT_FEEDBACK
 from handler.feedback.store import insert_params
 from handler.retention.policy import MARK_FEEDBACK, feedback_marks
-from handler.runs.merge import build_object, merged, object_fields
-from handler.runs.schema import REQUIRED, Run
-from handler.runs.splitter import RunPart, parse_run
+from handler.runs.patching import PatchMerging
+from handler.runs.schema import Run
+from handler.runs.splitter import RunPart
 from handler.server.config import Settings
-from handler.store.db import CommitUnknown, Database, committed_keys
+from handler.store.db import Database
 from handler.store.group import GroupCommitUnknown, Relocate, committer, unmoved
 from handler.store.objects import Location, ObjectStore
+from handler.store.outcome import CommitUnknown, committed_keys, count_when_back
 from handler.store.rows import Attachment, Replacement, RunRow, StoredRun, WrittenMeanwhile
 from handler.store.segments import Packer, Segment
 from handler.store.transaction import Writes, write_group
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 # Batches whose insert had an unknown outcome, being settled after their request ended.
 _SETTLING: set[asyncio.Task] = set()
-_SETTLE_EVERY_S = 2
-_SETTLE_FOR_S = 600
 # Writes retried after merging with what other requests wrote meanwhile (WrittenMeanwhile), at most.
 _MERGE_ATTEMPTS = 3
 
@@ -56,12 +54,12 @@ def attachment_object_key(tenant: str, run_id: uuid.UUID) -> str:
     return f"{tenant}/runs/{run_id}/{uuid.uuid4().hex}.bin"
 
 
-class BatchIngest:
+class BatchIngest(PatchMerging):
     """The runs, patches and attachments of one request, stored all or nothing.
 
     Runs are uploaded as they arrive. A patch is merged into its run's current bytes and stored
     anew (nothing stored is ever overwritten); the run is repointed at commit. A patch that comes
-    before its run's post is stored alone and the post is merged under it later.
+    before its run's post is stored alone and the post is merged under it later (patching.py).
     """
 
     def __init__(
@@ -175,50 +173,6 @@ class BatchIngest:
         await self._uploads.finish_parts(upload, run.size)
         return Location(upload.key)
 
-    async def add_patch(self, run_id: uuid.UUID, patch: bytes, index: int) -> None:
-        """Fields to set on a run (given as a checked JSON object); nulls mean "not given"."""
-        updates = [(k, raw) for k, raw in object_fields(patch) if raw != "null" and k != "id"]
-        label = f"patch {index} of run {run_id}"
-        if run_id in self._rows:
-            base, old = StoredRun.of(self._rows[run_id]), None
-        elif run_id in self._replaced:
-            previous = self._replaced[run_id]
-            base, old = StoredRun.of(previous.row), previous.old
-        else:
-            found = await self._db.find_current(self.tenant, run_id)
-            if found is None:  # the patch came first: stored alone until the post comes
-                body = build_object([("id", json.dumps(str(run_id))), *updates])
-                run = self._parse(body, label, posted=False)
-                self._index.setdefault(run_id, index)
-                location = await self._store_run(run_id, run.body)
-                self._rows[run_id] = RunRow.of(run, location, posted=False)
-                self._patched.append(run_id)
-                return
-            base, old = found, found.location
-        if old is not None:  # a run the database has
-            self._patch_fields[run_id] = object_fields(merged(self._patch_fields.get(run_id, []), updates))
-        self._index.setdefault(run_id, index)
-        await self._patch_stored(run_id, updates, base, old, label)
-        self._patched.append(run_id)
-
-    async def _patch_stored(
-        self, run_id: uuid.UUID, updates: list, base: StoredRun, old: Location | None, label: str
-    ) -> None:
-        """Merge ``updates`` into a run's stored bytes and store the result anew; at commit the row
-        is written new (``old`` None) or repointed from ``old``."""
-        fields = object_fields(await self._read(base.location, base.size))
-        run = self._parse(merged(fields, updates), label, base.posted)
-        trace_id = dict(fields).get("trace_id")
-        if trace_id is not None and uuid.UUID(json.loads(trace_id)) != run.trace_id:
-            raise RunError(400, f"{label}: trace_id of a run cannot change", self._index.get(run_id))
-        location = await self._store_run(run_id, run.body)
-        self._superseded.append(base.location)
-        row = RunRow.of(run, location, base.posted)
-        if old is None:
-            self._rows[run_id] = row
-        else:
-            self._replaced[run_id] = Replacement(row, old)
-
     async def add_attachment(self, run_id: uuid.UUID, name: str, content_type: str, data: bytes) -> None:
         key = attachment_object_key(self.tenant, run_id)
         await self._uploads.put(key, data, "attachment", content_type)
@@ -324,55 +278,6 @@ class BatchIngest:
             [f.id for f in feedback],
         )
 
-    async def _merge_posts_under_patches(self, patches: dict[uuid.UUID, StoredRun]) -> None:
-        """Runs posted now whose patches were stored by earlier requests."""
-        for run_id, stored_patches in patches.items():
-            posted = self._rows.pop(run_id)
-            post = await self._read(posted.location, posted.size_bytes)
-            row = await self._post_under_patches(post, stored_patches, f"run {run_id}")
-            self._superseded.append(posted.location)
-            self._replaced[run_id] = Replacement(row, stored_patches.location)
-
-    async def _apply_patches_stored_alone(self, stored: dict[uuid.UUID, StoredRun]) -> None:
-        """Patches that found no run when they came, whose run another request stored since."""
-        for run_id, current in stored.items():
-            alone = self._rows.pop(run_id)
-            patch = object_fields(await self._read(alone.location, alone.size_bytes))
-            self._superseded.append(alone.location)
-            updates = [(k, raw) for k, raw in patch if k != "id"]
-            self._patch_fields[run_id] = updates
-            await self._patch_stored(run_id, updates, current, current.location, f"patch of run {run_id}")
-
-    async def _store_patches_of_gone(self, gone: frozenset[uuid.UUID]) -> None:
-        """Runs this request patches that were deleted (a retention sweep) after it read them: as if
-        it had come after the deletion, each patch is stored as a patch of an unknown run is --
-        alone, its own fields only, invisible until a post of the run comes (README, PATCH). A run
-        this request posts under patches stored before is written new, as it was merged."""
-        for run_id in gone:
-            replaced = self._replaced.pop(run_id)
-            if run_id in self._posted:
-                self._rows[run_id] = replaced.row
-                continue
-            self._superseded.append(replaced.row.location)
-            body = build_object([("id", json.dumps(str(run_id))), *self._patch_fields[run_id]])
-            run = self._parse(body, f"patch of run {run_id}", posted=False)
-            self._rows[run_id] = RunRow.of(run, await self._store_run(run_id, run.body), posted=False)
-
-    async def _post_under_patches(self, post: bytes, patches: StoredRun, label: str) -> RunRow:
-        """A run's post merged with the patches stored before it (their fields win), stored."""
-        updates = object_fields(await self._read(patches.location, patches.size))
-        fields = object_fields(post)
-        run = self._parse(merged(fields, updates), label)
-        if uuid.UUID(json.loads(dict(fields)["trace_id"])) != run.trace_id:
-            raise RunError(400, f"{label}: a patch sent before it gave the run another trace_id")
-        location = await self._store_run(run.id, run.body)
-        self._superseded.append(patches.location)
-        return RunRow.of(run, location)
-
-    def _parse(self, body: bytes, label: str, posted: bool = True) -> Run:
-        s = self._settings
-        return parse_run(body, s.max_run_bytes, s.max_depth, label, REQUIRED if posted else ())
-
     async def abort(self, error: BaseException | None = None) -> None:
         """Stop the uploads and delete every object this batch may have written."""
         if self._uploads.aborted:
@@ -395,26 +300,14 @@ class BatchIngest:
         """Once the database answers again: delete what the request wrote if it did not commit,
         or what it replaced if it did."""
         keys = committed_keys(list(self._rows.values()), list(self._replaced.values()), self._attachments)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _SETTLE_FOR_S
-        while loop.time() < deadline:
-            await asyncio.sleep(_SETTLE_EVERY_S)
-            try:
-                found = await self._db.count_committed(keys, backend, self.tenant, list(self._feedback))
-            except Exception as e:  # the database is still away: try again
-                log.debug("settling: %s", e)
-                continue
-            await self.settled(found > 0)
-            if found == 0:
-                log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
-            else:
-                log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
+        found = await count_when_back(self._db.connect, keys, backend, self.tenant, list(self._feedback))
+        if found is None:
             return
-        log.error(
-            "could not settle %d runs in %d s; gc will remove their objects if unused",
-            len(keys),
-            _SETTLE_FOR_S,
-        )
+        await self.settled(found > 0)
+        if found == 0:
+            log.info("settled: the batch had not committed; %d objects deleted", self.object_count)
+        else:
+            log.warning("settled: the batch had committed (%d of %d rows)", found, len(keys))
 
     async def settled(self, committed: bool) -> None:
         """An unknown commit outcome is known now: delete what the request wrote if it did not

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import uuid
 from collections.abc import Sequence
 
@@ -17,11 +15,13 @@ import psycopg2.errors
 from handler.base.errors import RunError
 from handler.feedback.schema import FeedbackRow
 from handler.feedback.store import INSERT as INSERT_FEEDBACK
-from handler.feedback.store import conflict_message, insert_params
+from handler.feedback.store import insert_params
 from handler.read.sessions import UPSERT as UPSERT_SESSIONS
 from handler.read.sessions import with_sessions
 from handler.retention.policy import MARK_FEEDBACK, feedback_marks
 from handler.server.config import Settings
+from handler.store import outcome
+from handler.store.outcome import database_error, statement_error
 from handler.store.rows import (
     INSERT,
     INSERT_ATTACHMENTS,
@@ -32,7 +32,6 @@ from handler.store.rows import (
     Replacement,
     RunRow,
     StoredRun,
-    WrittenMeanwhile,
     columns,
     stored_run,
 )
@@ -41,72 +40,6 @@ from handler.store.rows import (
 # from the server (the statement was rolled back), not as a client timeout (outcome unknown).
 _STATEMENT_TIMEOUT_MS = 30_000
 _CLIENT_TIMEOUT_S = 60
-# SQLSTATE classes that say the connection or the server failed, not the statement: a statement
-# that gets one of these may still have committed.
-CONNECTION_ERROR_CLASSES = ("08", "57P")
-_BACKEND_EXIT_WAIT_S = 10
-
-
-def committed_keys(
-    rows: Sequence[RunRow], replacements: Sequence[Replacement], attachments: Sequence[Attachment]
-) -> list[str]:
-    """The object key of every row a batch writes: once it has committed, each has a row (keys
-    repeat, one per run of a segment)."""
-    return (
-        [r.object_key for r in rows]
-        + [r.row.object_key for r in replacements]
-        + [a.object_key for a in attachments]
-    )
-
-
-STALE_PATCH = "a patched run was changed by another request meanwhile; retry"
-
-
-async def lost_patch_race(cur: aiopg.Cursor, tenant: str, replacements: Sequence[Replacement]) -> Exception:
-    """The UPDATE of patched runs repointed fewer than it patched, in the transaction of ``cur``.
-    A run deleted meanwhile (a retention sweep) is no error: WrittenMeanwhile names it (``gone``)
-    and the request stores its patch as a patch of an unknown run. Otherwise another patch won: 409."""
-    ids = {r.row.id for r in replacements}
-    sql = "SELECT id FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])"
-    await cur.execute(sql, (tenant, [str(i) for i in ids]))
-    gone = ids - {uuid.UUID(str(row[0])) for row in await cur.fetchall()}
-    if gone:
-        return WrittenMeanwhile({}, {}, frozenset(gone))
-    return RunError(409, STALE_PATCH)
-
-
-def database_error(error: Exception) -> RunError:
-    return RunError(503, f"database unavailable: {error}".strip())
-
-
-def statement_error(error: Exception) -> RunError:
-    """A statement the server refused: a value it cannot store is the client's (SQLSTATE class 22,
-    data exception); anything else is ours."""
-    if isinstance(error, psycopg2.Error) and (error.pgcode or "").startswith("22"):
-        return RunError(400, f"a value cannot be stored: {error.diag.message_primary}")
-    return database_error(error)
-
-
-class CommitUnknown(RunError):
-    """The connection failed while the insert was in flight and the outcome could not be checked:
-    the rows may be committed, so their objects must not be deleted yet (ingest.py settles it
-    later, and `make gc` removes them if they never got rows)."""
-
-    def __init__(self, error: Exception, backend: tuple[int, int]) -> None:
-        super().__init__(503, f"database unavailable, the batch may or may not be stored: {error}")
-        self.backend = backend
-        self.outcomes: list | None = None  # a group's: each request's own outcome (store/transaction.py)
-
-
-def _backend_of(conn: aiopg.Connection) -> tuple[int, int]:
-    """The server process of a connection and our local port: what identifies it in
-    pg_stat_activity (taken before use: once the connection breaks the socket is gone)."""
-    sock = socket.socket(fileno=os.dup(conn.raw.fileno()))  # a copy: closing it leaves ours open
-    try:
-        port = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else -1
-    finally:
-        sock.close()
-    return conn.raw.get_backend_pid(), port
 
 
 class Database:
@@ -144,31 +77,13 @@ class Database:
         except (psycopg2.Error, OSError, TimeoutError) as e:
             raise database_error(e) from e
         try:
-            return conn, _backend_of(conn)
+            return conn, outcome.backend_of(conn)
         except OSError as e:
             self._pool.release(conn)
             raise database_error(e) from e
 
     def release(self, conn: aiopg.Connection) -> None:
         self._pool.release(conn)
-
-    async def settle(
-        self,
-        rows,
-        replacements,
-        attachments,
-        backend: tuple[int, int],
-        error: Exception,
-        tenant: str = "",
-        feedback_ids: Sequence[uuid.UUID] = (),
-    ) -> None:
-        """A group's unknown commit, settled as write_batch settles its own (``_settle``)."""
-        await self._settle(rows, replacements, attachments, backend, error, tenant, feedback_ids)
-
-    async def conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error, fetch) -> None:
-        """``_conflict``, looked up through ``fetch`` (a group's transaction, which sees the rows
-        of the requests written before in it)."""
-        await self._conflict(tenant, rows, error, fetch)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -205,9 +120,10 @@ class Database:
         replacements = [r._replace(row=row) for r, row in zip(replacements, replaced, strict=True)]
         sessions = (tenant, *columns(projects)) if projects else None
         feedback_ids = [f.id for f in feedback]
+        keys = outcome.committed_keys(rows, replacements, attachments)
         try:
             conn = await self._pool.acquire()
-            backend = _backend_of(conn)
+            backend = outcome.backend_of(conn)
         except (psycopg2.Error, OSError, TimeoutError) as e:
             raise database_error(e) from e  # nothing was sent
         try:
@@ -225,13 +141,13 @@ class Database:
                 try:
                     await cur.execute(*committing)
                 except psycopg2.errors.UniqueViolation as e:
-                    await self._conflict(tenant, rows, e)
+                    await outcome.conflict(self._fetch, tenant, rows, e)
                 except psycopg2.Error as e:
-                    if e.pgcode is not None and not e.pgcode.startswith(CONNECTION_ERROR_CLASSES):
+                    if e.pgcode is not None and not e.pgcode.startswith(outcome.CONNECTION_ERROR_CLASSES):
                         raise statement_error(e) from e  # the server rolled it back
-                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback_ids)
+                    await outcome.settle(self.connect, keys, backend, e, tenant, feedback_ids)
                 except (OSError, TimeoutError) as e:
-                    await self._settle(rows, replacements, attachments, backend, e, tenant, feedback_ids)
+                    await outcome.settle(self.connect, keys, backend, e, tenant, feedback_ids)
         finally:
             self._pool.release(conn)
 
@@ -258,7 +174,7 @@ class Database:
                 old_keys, old_offsets = columns([r.old for r in replacements])
                 await cur.execute(UPDATE, (old_keys, old_offsets, *columns(new_rows), tenant))
                 if cur.rowcount != len(replacements):
-                    raise await lost_patch_race(cur, tenant, replacements)
+                    raise await outcome.lost_patch_race(cur, tenant, replacements)
             if attachments:
                 await cur.execute(INSERT_ATTACHMENTS, (tenant, *columns(attachments)))
             if feedback:  # after the runs: a feedback without a trace_id takes its run's
@@ -270,98 +186,12 @@ class Database:
             with contextlib.suppress(psycopg2.Error, OSError, TimeoutError):
                 await cur.execute("ROLLBACK")
             if isinstance(e, psycopg2.errors.UniqueViolation):
-                await self._conflict(tenant, rows, e)
+                await outcome.conflict(self._fetch, tenant, rows, e)
             if isinstance(e, psycopg2.errors.ForeignKeyViolation):
                 raise RunError(404, "an attachment's run does not exist") from e
             if isinstance(e, psycopg2.Error | OSError | TimeoutError):
                 raise statement_error(e) from e
             raise
-
-    async def _settle(
-        self,
-        rows: Sequence[RunRow],
-        replacements: Sequence[Replacement],
-        attachments: Sequence[Attachment],
-        backend: tuple[int, int],
-        error: Exception,
-        tenant: str = "",
-        feedback_ids: Sequence[uuid.UUID] = (),
-    ) -> None:
-        """Returns if the transaction committed after all, raises database_error if it surely did
-        not, CommitUnknown if that cannot be told now (nothing it wrote can be counted, too)."""
-        keys = committed_keys(rows, replacements, attachments)
-        if not keys and not feedback_ids:
-            raise CommitUnknown(error, backend) from error
-        try:
-            found = await self.count_committed(keys, backend, tenant, feedback_ids)
-        except (psycopg2.Error, OSError, TimeoutError, RunError):
-            raise CommitUnknown(error, backend) from error
-        if found == len(keys) + len(feedback_ids):
-            return
-        if found == 0:
-            raise database_error(error) from error
-        raise CommitUnknown(error, backend) from error
-
-    async def count_committed(
-        self,
-        keys: Sequence[str],
-        backend: tuple[int, int],
-        tenant: str = "",
-        feedback_ids: Sequence[uuid.UUID] = (),
-    ) -> int:
-        """How many rows (of runs and attachments) point at these object keys, plus how many of
-        these feedback ids the tenant has, once the backend that ran the insert is gone.
-
-        The backend may still be running the statement after our side of the connection broke;
-        it is terminated and waited for, so it cannot commit after we have looked. ``backend`` is
-        (pid, client port): the port makes sure a reused pid is not mistaken for ours.
-        """
-        pid, port = backend
-        async with aiopg.connect(**self._connect_args()) as conn, conn.cursor() as cur:
-            await cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND client_port = %s",
-                (pid, port),
-            )
-            for _ in range(_BACKEND_EXIT_WAIT_S * 10):
-                await cur.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND client_port = %s", (pid, port)
-                )
-                if not await cur.fetchall():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise RunError(503, f"backend {pid} did not exit")
-            await cur.execute(
-                "SELECT (SELECT count(*) FROM runs WHERE object_key = ANY(%s))"
-                " + (SELECT count(*) FROM run_attachments WHERE object_key = ANY(%s))"
-                " + (SELECT count(*) FROM feedback WHERE tenant = %s AND id = ANY(%s::uuid[]))",
-                (list(keys), list(keys), tenant, [str(i) for i in feedback_ids]),
-            )
-            return (await cur.fetchone())[0]
-
-    async def _conflict(self, tenant: str, rows: Sequence[RunRow], error: psycopg2.Error, fetch=None) -> None:
-        """A unique key was taken (nothing was written): a 409 if a run was posted twice, else the
-        runs to merge with what another request stored meanwhile (WrittenMeanwhile)."""
-        if error.diag.constraint_name == "feedback_pkey":
-            raise RunError(409, conflict_message(error.diag.message_detail)) from error
-        if error.diag.constraint_name == "run_attachments_pkey":
-            raise RunError(409, "an attachment of that name already exists for the run") from error
-        found = await (fetch or self._fetch)(
-            f"SELECT id, {STORED_COLUMNS} FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
-            (tenant, [str(row.id) for row in rows]),
-        )
-        existing = {uuid.UUID(str(found_row[0])): stored_run(found_row[1:]) for found_row in found}
-        posts, patches = {}, {}
-        for row in rows:
-            stored = existing.get(row.id)
-            if stored is None:
-                continue
-            if stored.posted and row.posted:
-                raise RunError(409, f"id {row.id} already exists", run_id=row.id) from error
-            (posts if row.posted else patches)[row.id] = stored
-        if not (posts or patches):  # taken by a request that has been undone since
-            raise RunError(409, "a run id was being written by another request; retry") from error
-        raise WrittenMeanwhile(posts, patches)
 
     async def find_run(self, tenant: str, run_id: uuid.UUID) -> StoredRun | None:
         """A tenant's posted run, or None."""

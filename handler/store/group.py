@@ -40,16 +40,15 @@ from handler.base.metrics import (
     OBJECTS_WRITTEN,
 )
 from handler.server.config import Settings
-from handler.store.db import CommitUnknown, Database
+from handler.store.db import Database
 from handler.store.objects import Location, ObjectStore
+from handler.store.outcome import CommitUnknown, count_when_back
 from handler.store.segments import CLOSE, SEPARATOR, Segment, segment_key
 from handler.store.transaction import Writes, write_group
 
 log = logging.getLogger(__name__)
 
 _RUNNING: set[asyncio.Task] = set()
-_SETTLE_EVERY_S = 2
-_SETTLE_FOR_S = 600
 
 Relocate = Callable[[Location], Location]
 
@@ -165,9 +164,12 @@ class GroupCommitter:
         try:
             outcomes = await self._write(tenant, group)
         except BaseException as e:  # noqa: BLE001 -- every member gets the group's failure
-            for answer in group.answers:
+            # An unknown commit still knows which requests were refused (rolled back to their
+            # savepoints): those get their own error (a 409 stays a 409), the others the group's.
+            own = e.outcomes if isinstance(e, CommitUnknown) and e.outcomes else [None] * len(group.answers)
+            for answer, outcome in zip(group.answers, own, strict=True):
                 if not answer.done():
-                    answer.set_exception(e)
+                    answer.set_exception(outcome or e)
         else:
             for answer, outcome in zip(group.answers, outcomes, strict=True):
                 if answer.done():
@@ -201,7 +203,9 @@ class GroupCommitter:
             task = asyncio.create_task(self._settle_later(tenant, writes, outcomes, members, key, e.backend))
             _RUNNING.add(task)
             task.add_done_callback(_RUNNING.discard)
-            raise GroupCommitUnknown(e.__cause__ or e, e.backend) from e
+            unknown = GroupCommitUnknown(e.__cause__ or e, e.backend)
+            unknown.outcomes = outcomes
+            raise unknown from e
         except BaseException:
             if key is not None:
                 await self._delete(key)  # nothing committed: no row points at it
@@ -223,23 +227,16 @@ class GroupCommitter:
         """Once the database answers again: did the group's transaction commit?"""
         keys = [k for w, o in zip(writes, outcomes, strict=True) if o is None for k in w.keys()]
         feedback = [i for w, o in zip(writes, outcomes, strict=True) if o is None for i in w.feedback_ids]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _SETTLE_FOR_S
-        while loop.time() < deadline:
-            await asyncio.sleep(_SETTLE_EVERY_S)
-            try:
-                found = await self._db.count_committed(keys, backend, tenant, feedback)
-            except Exception as e:  # the database is still away: try again
-                log.debug("settling: %s", e)
-                continue
-            committed = found > 0
-            if not committed and key is not None:
-                await self._delete(key)
-            for member, outcome in zip(members, outcomes, strict=True):
-                await member.settled(committed and outcome is None)
-            log.warning("settled: the group had %scommitted", "" if committed else "not ")
+        found = await count_when_back(self._db.connect, keys, backend, tenant, feedback)
+        if found is None:
             return
-        log.error("could not settle a group in %d s; gc will remove its objects if unused", _SETTLE_FOR_S)
+        committed = found > 0
+        if not committed and key is not None:
+            await self._delete(key)
+        for member, outcome in zip(members, outcomes, strict=True):
+            if outcome is None:  # the refused were answered their own error, and cleaned up
+                await member.settled(committed)
+        log.warning("settled: the group had %scommitted", "" if committed else "not ")
 
     async def _delete(self, key: str) -> None:
         try:

@@ -22,10 +22,11 @@ import psycopg2.errors
 from handler.base.errors import RunError
 from handler.read.sessions import UPSERT as UPSERT_SESSIONS
 from handler.read.sessions import with_sessions
-from handler.store.db import (
+from handler.store import outcome
+from handler.store.db import Database
+from handler.store.outcome import (
     CONNECTION_ERROR_CLASSES,
     CommitUnknown,
-    Database,
     committed_keys,
     database_error,
     lost_patch_race,
@@ -196,7 +197,7 @@ async def _refusal(cur, db: Database, tenant: str, part: Writes, error: psycopg2
 
     try:
         if isinstance(error, psycopg2.errors.UniqueViolation):
-            await db.conflict(tenant, part.rows, error, fetch)
+            await outcome.conflict(fetch, tenant, part.rows, error)
         if isinstance(error, psycopg2.errors.ForeignKeyViolation):
             raise RunError(404, "an attachment's run does not exist") from error
         if (error.pgcode or "").startswith("22"):
@@ -222,15 +223,9 @@ async def _settle(
     not, CommitUnknown (with the outcomes, for whoever settles it later) if that cannot be told."""
     ok = [p for p, o in zip(parts, outcomes, strict=True) if o is None]
     try:
-        await db.settle(
-            [r for p in ok for r in p.rows],
-            [r for p in ok for r in p.replacements],
-            [a for p in ok for a in p.attachments],
-            backend,
-            error,
-            tenant,
-            [i for p in ok for i in p.feedback_ids],
-        )
+        keys = [k for p in ok for k in p.keys()]
+        feedback_ids = [i for p in ok for i in p.feedback_ids]
+        await outcome.settle(db.connect, keys, backend, error, tenant, feedback_ids)
     except CommitUnknown as e:
         e.outcomes = outcomes
         raise
