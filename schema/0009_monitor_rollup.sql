@@ -36,14 +36,6 @@ CREATE TABLE runs_hourly (
     PRIMARY KEY (tenant, session_id, hour, latency_bucket, shard)
 );
 
-INSERT INTO runs_hourly (tenant, session_id, hour, latency_bucket, shard, runs, traces, errors, tokens)
-SELECT tenant, session_id, date_bin('1 hour', start_time, '2000-01-01 00:00+00'),
-    runs_latency_bucket(parent_run_id, start_time, end_time), 0, count(*),
-    count(*) FILTER (WHERE parent_run_id IS NULL),
-    count(*) FILTER (WHERE parent_run_id IS NULL AND status = 'error'), coalesce(sum(total_tokens), 0)
-FROM runs WHERE posted AND session_id IS NOT NULL AND start_time IS NOT NULL
-GROUP BY 1, 2, 3, 4;
-
 -- One aggregated upsert per statement: each changed run's old row is taken out (-1) and its new row
 -- put in (+1); keys whose sums do not move are left alone (a PATCH of the inputs, the query
 -- backfill, a segment compaction's moves).
@@ -105,3 +97,13 @@ CREATE TRIGGER runs_hourly_update AFTER UPDATE ON runs REFERENCING OLD TABLE AS 
     FOR EACH STATEMENT EXECUTE FUNCTION runs_hourly_count();
 CREATE TRIGGER runs_hourly_delete AFTER DELETE ON runs REFERENCING OLD TABLE AS old_runs
     FOR EACH STATEMENT EXECUTE FUNCTION runs_hourly_count();
+
+-- The runs already there, counted after the triggers exist: CREATE TRIGGER's lock on runs, held
+-- until this migration commits, keeps writers out meanwhile, so no run is missed or counted twice.
+INSERT INTO runs_hourly (tenant, session_id, hour, latency_bucket, shard, runs, traces, errors, tokens)
+SELECT tenant, session_id, date_bin('1 hour', start_time, '2000-01-01 00:00+00'),
+    runs_latency_bucket(parent_run_id, start_time, end_time), 0, count(*),
+    count(*) FILTER (WHERE parent_run_id IS NULL),
+    count(*) FILTER (WHERE parent_run_id IS NULL AND status = 'error'), coalesce(sum(total_tokens), 0)
+FROM runs WHERE posted AND session_id IS NOT NULL AND start_time IS NOT NULL
+GROUP BY 1, 2, 3, 4;
