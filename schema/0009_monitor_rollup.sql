@@ -65,6 +65,8 @@ BEGIN
         ON CONFLICT (tenant, session_id, hour, latency_bucket, shard) DO UPDATE
             SET runs = h.runs + excluded.runs, traces = h.traces + excluded.traces,
                 errors = h.errors + excluded.errors, tokens = h.tokens + excluded.tokens;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM runs_hourly;
     ELSE
         INSERT INTO runs_hourly AS h (tenant, session_id, hour, latency_bucket, shard, runs, traces, errors, tokens)
         SELECT tenant, session_id, hour, latency_bucket, pg_backend_pid() % 16,
@@ -96,6 +98,8 @@ CREATE TRIGGER runs_hourly_insert AFTER INSERT ON runs REFERENCING NEW TABLE AS 
 CREATE TRIGGER runs_hourly_update AFTER UPDATE ON runs REFERENCING OLD TABLE AS old_runs NEW TABLE AS new_runs
     FOR EACH STATEMENT EXECUTE FUNCTION runs_hourly_count();
 CREATE TRIGGER runs_hourly_delete AFTER DELETE ON runs REFERENCING OLD TABLE AS old_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION runs_hourly_count();
+CREATE TRIGGER runs_hourly_truncate AFTER TRUNCATE ON runs
     FOR EACH STATEMENT EXECUTE FUNCTION runs_hourly_count();
 
 -- The runs already there, counted after the triggers exist: CREATE TRIGGER's lock on runs, held
