@@ -13,6 +13,7 @@ import json
 import math
 import random
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
@@ -306,3 +307,38 @@ def test_the_migration_fills_the_rollup_from_existing_runs_and_rolls_back(settin
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
+
+
+def test_concurrent_writers_of_one_project_keep_it_right(client, db, api_project):
+    """Eight clients post traces of one project (roots ending in many latency buckets over two
+    hours) and patch them, all at once: every request succeeds (the triggers' upserts wait on one
+    another's rows at worst, never fail) and the rollup is the runs' counts."""
+    project, session = api_project
+    now = datetime.now(UTC)
+
+    def write(seed: int) -> list[int]:
+        rng, statuses = random.Random(seed), []
+        for _ in range(10):
+            start = now - timedelta(minutes=rng.uniform(0, 120))
+            roots = [str(uuid.uuid4()) for _ in range(3)]
+            runs = []
+            for root in roots:
+                runs.append(run(id=root, trace_id=root, session_name=project, start_time=start.isoformat()))
+                runs.append(
+                    run(trace_id=root, parent_run_id=root, session_name=project, start_time=start.isoformat())
+                )
+            statuses.append(client.post(batch(*runs)).status)
+            for root in roots:
+                end = start + timedelta(milliseconds=10 ** rng.uniform(0, 4))
+                statuses.append(
+                    client.patch(f"/runs/{root}", json.dumps({"end_time": end.isoformat()}).encode()).status
+                )
+        return statuses
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [s for result in pool.map(write, range(8)) for s in result]
+    assert set(statuses) <= {200, 201}, statuses
+    with db.cursor() as cur:
+        counted = assert_rollup_right(cur, OPEN_TENANT, session)
+    assert sum(row[3] for row in counted) == 8 * 10 * 6
+    assert sum(row[4] for row in counted if row[2] >= 0) == 8 * 10 * 3  # every root ended
