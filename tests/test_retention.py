@@ -27,6 +27,7 @@ from handler.server.auth import hash_key
 from handler.server.config import REPO_ROOT
 from tests.conftest import FreshConnections
 from tests.reset_env import empty_bucket
+from tests.rollup import assert_rollup_right
 from tests.server import start_server
 from tests.test_faults import wait_for
 from tests.test_langsmith_api import MULTIPART, form, part
@@ -324,6 +325,34 @@ def test_usage_follows_ingest_patches_and_deletes(rserver, rdb):
         assert cur.fetchone()[0] == 4
         cur.execute("DELETE FROM runs WHERE id = %s", (runs[3]["id"],))
     assert details(rserver, A, made)["run_count"] == 3
+
+
+def test_the_monitors_rollup_follows_the_sweeps_deletes(rserver, env, rdb):
+    """The sweep deletes rows in small transactions (RETENTION_BATCH_ROWS); runs_hourly's triggers
+    take each one out of the monitor's counts: what is left is what the runs left count."""
+    watched = project(rserver, A, "watched", retention_days=1)
+    project(rserver, A, "watched-kept")
+    start = datetime.now(UTC) - timedelta(hours=2)
+    timed = []
+    for name, count in (("watched", 4), ("watched-kept", 2)):
+        for i in range(count):
+            runs = trace(name, children=i % 3)
+            for j, run in enumerate(runs):
+                run["start_time"] = (start + timedelta(minutes=10 * i)).isoformat()
+                run["end_time"] = (
+                    start + timedelta(minutes=10 * i, milliseconds=100 * (i + 1) - j)
+                ).isoformat()
+            runs[0]["error"] = "failed" if i == 1 else None
+            timed.extend(runs)
+    post(rserver, A, timed)
+    with rdb.cursor() as cur:
+        counted = {row[0] for row in assert_rollup_right(cur, "alpha")}
+    assert watched in counted
+    log = retain(env, "--as-of", later(days=2))
+    assert "deleted" in log and "deleted 0 traces" not in log, log
+    with rdb.cursor() as cur:
+        left = assert_rollup_right(cur, "alpha")
+    assert watched not in {row[0] for row in left} and sum(row[4] for row in left) >= 2
 
 
 def test_concurrent_ingest_and_reads_during_a_sweep(rserver, env, rdb):

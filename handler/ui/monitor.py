@@ -2,12 +2,14 @@
 interval, the error rate and the latency p50/p99 of root runs; tokens and feedback averages once
 their columns and table exist.
 
-All of the monitor's SQL is here: counts (hashed, no sort) and latency percentiles (a sort of
-the ended root runs only) over the project's window, run at once on two pooled connections. The
-optional series are switched on by what the database has (``features``), so this code runs
-unchanged before and after the token columns (the query issue's migration) and the feedback
-table (the feedback issue's) are there. To add a series, add its column to ``OPTIONAL_COLUMNS``
-(or a statement like ``_FEEDBACK``) and a chart to static/monitor.js.
+All of the monitor's SQL is here. Counts and latencies come from ``runs_hourly`` (schema/0009),
+the runs' sums per project and hour that PostgreSQL's triggers keep as runs are written, patched
+and deleted: a window sums at most a few thousand rows, whatever the number of runs. Latency
+percentiles come from its histogram of root latencies (8 log-scale buckets per doubling), so they
+are estimates within ``LATENCY_ERROR`` of PostgreSQL's percentile_cont over the runs themselves.
+The optional series are switched on by what the database has (``features``). To add a series,
+add its column to ``OPTIONAL_COLUMNS`` (or a statement like ``_FEEDBACK``) and a chart to
+static/monitor.js.
 """
 
 from __future__ import annotations
@@ -18,39 +20,34 @@ from typing import NamedTuple
 
 from handler.store.db import Database
 
-# days -> the width of one interval; 24 to 30 points a chart.
+# days -> the width of one interval; 24 to 30 points a chart. Whole hours: the rollup's.
 WINDOWS = {1: timedelta(hours=1), 7: timedelta(hours=6), 30: timedelta(days=1)}
 _ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)  # date_bin's origin: intervals start on whole hours/days (UTC)
 
-_ROOT = "parent_run_id IS NULL"
-_LATENCY_MS = "extract(epoch FROM end_time - start_time) * 1000"
-# name -> (the column that must exist on runs, the aggregate): series that light up when it does.
+# The rollup's latency buckets (runs_latency_bucket in schema/0009): bucket b >= 1 holds
+# [2^((b-1)/8), 2^(b/8)) / 16 ms, bucket 0 what is under 1/16 ms. A latency is taken to be its
+# bucket's middle (on the log scale), so a percentile is off by at most this fraction (4.4 %).
+BUCKETS_PER_DOUBLING = 8
+LATENCY_ERROR = 2 ** (1 / (2 * BUCKETS_PER_DOUBLING)) - 1
+
+# name -> (the column that must exist on runs, the rollup's aggregate): series that light up when it does.
 OPTIONAL_COLUMNS = {
-    "tokens": ("total_tokens", "sum(total_tokens)"),
+    "tokens": ("total_tokens", "sum(tokens)"),
 }
-# Counts need no order: hashed, one pass over the project's window; their totals are sums.
+# Counts: the sums of the window's hours, per interval; their totals are sums.
 _COUNTS = (
-    "SELECT date_bin(%(step)s, coalesce(start_time, '-infinity'), %(origin)s) AS bucket,"
-    " count(*) FILTER (WHERE {root}) AS traces,"
-    " count(*) AS runs,"
-    " count(*) FILTER (WHERE {root} AND status = 'error') AS errors"
+    "SELECT date_bin(%(step)s, hour, %(origin)s) AS bucket, sum(traces), sum(runs), sum(errors)"
     "{optional}"
-    " FROM runs WHERE {window}"
+    " FROM runs_hourly WHERE {window}"
     " GROUP BY 1"
 )
-# Percentiles sort, so only the ended root runs (a fifth of the rows or fewer) are sorted; the
-# window's own percentiles (bucket NULL) come from the same scan (the empty grouping set).
+# Latency: the histogram of ended root runs per interval; percentiles are read off it here.
 _LATENCY = (
-    "SELECT date_bin(%(step)s, coalesce(start_time, '-infinity'), %(origin)s) AS bucket,"
-    " percentile_cont(0.5) WITHIN GROUP (ORDER BY {latency}) AS p50,"
-    " percentile_cont(0.99) WITHIN GROUP (ORDER BY {latency}) AS p99"
-    " FROM runs WHERE {window} AND {root} AND end_time IS NOT NULL"
-    " GROUP BY GROUPING SETS ((1), ())"
+    "SELECT date_bin(%(step)s, hour, %(origin)s) AS bucket, latency_bucket, sum(traces)"
+    " FROM runs_hourly WHERE {window} AND latency_bucket >= 0"
+    " GROUP BY 1, 2"
 )
-_WINDOW = (
-    "tenant = %(tenant)s AND session_id = %(session)s AND posted"
-    " AND coalesce(start_time, '-infinity') >= %(since)s AND coalesce(start_time, '-infinity') < %(until)s"
-)
+_WINDOW = "tenant = %(tenant)s AND session_id = %(session)s AND hour >= %(since)s AND hour < %(until)s"
 # Feedback on the project's runs, by when it was given (the feedback table of migration 0006).
 _FEEDBACK = (
     "SELECT date_bin(%(step)s, f.created_at, %(origin)s) AS bucket, f.key, avg(f.score), count(f.score)"
@@ -113,10 +110,10 @@ class Statements(NamedTuple):
 
 def statements(features: Features) -> Statements:
     """The statements for what the database can answer: the counts with the optional series, the
-    latency percentiles, and the feedback averages (None without the table)."""
+    latency histograms, and the feedback averages (None without the table)."""
     optional = "".join(f", {OPTIONAL_COLUMNS[n][1]} AS {n}" for n in sorted(features.columns))
-    counts = _COUNTS.format(root=_ROOT, window=_WINDOW, optional=optional)
-    latency = _LATENCY.format(root=_ROOT, window=_WINDOW, latency=_LATENCY_MS)
+    counts = _COUNTS.format(window=_WINDOW, optional=optional)
+    latency = _LATENCY.format(window=_WINDOW)
     return Statements(counts, latency, _FEEDBACK if features.feedback else None)
 
 
@@ -129,6 +126,30 @@ def window(days: int, now: datetime) -> dict:
     return {"step": step, "origin": _ORIGIN, "since": since, "until": until}
 
 
+def bucket_ms(bucket: int) -> float:
+    """The latency a histogram bucket stands for: its middle on the log scale (0 for bucket 0)."""
+    return 0.0 if bucket <= 0 else 2 ** ((bucket - 0.5) / BUCKETS_PER_DOUBLING) / 16
+
+
+def percentile(histogram: dict[int, int], q: float) -> float | None:
+    """percentile_cont(q) of the latencies counted in ``histogram`` (bucket -> runs), each taken
+    as its bucket's middle: the same interpolation between the closest ranks, so the answer is
+    within LATENCY_ERROR of the exact one (for latencies of 1/16 ms and more)."""
+    counts = sorted((b, n) for b, n in histogram.items() if n > 0)
+    total = sum(n for _, n in counts)
+    if not total:
+        return None
+    rank = q * (total - 1)
+    low = int(rank)
+    ranks = (low, min(low + 1, total - 1))
+    values, seen = [], 0
+    for bucket, n in counts:
+        seen += n
+        while len(values) < 2 and ranks[len(values)] < seen:
+            values.append(bucket_ms(bucket))
+    return values[0] + (values[1] - values[0]) * (rank - low)
+
+
 def series(
     features: Features, params: dict, counts: list[tuple], latency: list[tuple], feedback: list[tuple]
 ) -> dict:
@@ -138,8 +159,13 @@ def series(
     names = ["traces", "runs", "errors", *sorted(features.columns)]
     found = {row[0]: dict(zip(names, row[1:], strict=True)) for row in counts}
     found[None] = {name: sum(row[i] or 0 for row in counts) for i, name in enumerate(names, 1)}
-    for bucket, p50, p99 in latency:
-        found.setdefault(bucket, {}).update(p50=p50, p99=p99)
+    histograms: dict = {None: {}}
+    for bucket, latency_bucket, n in latency:
+        for key in (bucket, None):  # the interval's and the window's
+            histogram = histograms.setdefault(key, {})
+            histogram[latency_bucket] = histogram.get(latency_bucket, 0) + int(n)
+    for bucket, histogram in histograms.items():
+        found.setdefault(bucket, {}).update(p50=percentile(histogram, 0.5), p99=percentile(histogram, 0.99))
 
     def point(values: dict) -> dict:
         out = {name: int(values.get(name) or 0) for name in names}
