@@ -385,6 +385,9 @@ def test_query_columns_from_values_equal_the_splitters():
             "extra": {"metadata": {"nested": {"no": 1}}, "other": [1, {"a": "b"}]},
         },
         {"trace_id": trace, "name": "e", "outputs": {"llm_output": {"token_usage": {"total_tokens": 1e3}}}},
+        # a path's inner node holding a scalar (the splitter raised ValueError on these: a 500)
+        {"trace_id": trace, "name": "f", "outputs": {"usage_metadata": None, "llm_output": {"usage": 3}}},
+        {"trace_id": trace, "name": "g", "extra": {"metadata": {"usage_metadata": "x", "k": "v"}}},
     ]
     for chars in (0, 40):
         extract.configure(chars)
@@ -392,6 +395,62 @@ def test_query_columns_from_values_equal_the_splitters():
             for fields in runs:
                 body = orjson.dumps(fields)
                 expected = extract.query_columns(parse_run(body, 1 << 20, 512, "run"))
+                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, fields)
+        finally:
+            extract.configure(0)
+
+
+_TAP_KEYS = (
+    "metadata",
+    "usage_metadata",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "total_cost",
+    "llm_output",
+    "token_usage",
+    "usage",
+    "prompt_tokens",
+    "generations",
+    "message",
+    "kwargs",
+    "user",
+    "other",
+)
+
+
+def _random_value(rng, depth: int):
+    kind = rng.random()
+    if depth < 6 and kind < 0.3:
+        return {rng.choice(_TAP_KEYS): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    if depth < 6 and kind < 0.45:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return rng.choice([rng.randint(-5, 10**6), rng.random() * 100, "text " * rng.randint(0, 3), True, None, 1e3])
+
+
+def test_query_columns_from_random_values_equal_the_splitters():
+    """The same, on seeded random nestings of the paths' keys: run_of's walk skips what the
+    splitter's events pass over (values below both limits), and finds the same columns."""
+    import random
+
+    import orjson
+
+    from handler.query import extract
+    from handler.runs.schema import run_of
+    from handler.runs.splitter import parse_run
+
+    rng = random.Random(21)
+    for chars in (0, 40):
+        extract.configure(chars)
+        try:
+            for _ in range(400):
+                fields = {"trace_id": "944ce838-b5c5-4628-8f23-089fbda8b9e3", "name": "r"}
+                for key in ("extra", "outputs", "inputs"):
+                    if rng.random() < 0.7:
+                        fields[key] = {k: _random_value(rng, 1) for k in rng.sample(_TAP_KEYS, 4)}
+                if rng.random() < 0.5:
+                    fields["tags"] = [f"t{rng.randint(0, 9)}" for _ in range(rng.randint(0, 3))]
+                expected = extract.query_columns(parse_run(orjson.dumps(fields), 1 << 20, 512, "run"))
                 assert extract.query_columns(run_of(fields, 0)) == expected, (chars, fields)
         finally:
             extract.configure(0)
