@@ -425,7 +425,8 @@ def _random_value(rng, depth: int):
         return {rng.choice(_TAP_KEYS): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
     if depth < 6 and kind < 0.45:
         return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return rng.choice([rng.randint(-5, 10**6), rng.random() * 100, "text " * rng.randint(0, 3), True, None, 1e3])
+    scalars = [rng.randint(-5, 10**6), rng.random() * 100, "text " * rng.randint(0, 3), True, None, 1e3]
+    return rng.choice(scalars)
 
 
 def test_query_columns_from_random_values_equal_the_splitters():

@@ -18,7 +18,9 @@ import orjson
 from handler.base.errors import RunError
 from handler.otel import tree
 from handler.otel.decode import decode
-from handler.otel.mapping import SpanRun, attributes, span_fault, span_text
+from handler.otel.ids import parent_of, span_fault, span_text
+from handler.otel.mapping import SpanRun
+from handler.otel.values import attributes
 from handler.runs.budget import Claim
 from handler.runs.ingest import BatchIngest
 from handler.runs.schema import FieldError, Run, check_field, run_of
@@ -121,7 +123,7 @@ class OtlpReader:
                     seen.add(span.span_id)
                     runs.append(SpanRun(span, resource, scope, self._project))
         ids = [span_text(r.span.span_id) for r in runs]
-        parents = {r: _parent(r) for r in runs}
+        parents = {r: parent_of(r.span, r.attrs) for r in runs}
         wanted = set(ids) | {p for p in parents.values() if p is not None}
         stored = await self._stored(sorted(wanted))
         nodes: dict[str, tree.Node] = {}
@@ -196,12 +198,3 @@ def _encode(fields: dict) -> bytes:
         return orjson.dumps(fields)
     except TypeError:  # orjson's JSONEncodeError: an integer past 64 bits, or a lone surrogate
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _parent(run: SpanRun) -> str | None:
-    """The span's parent run: none for a root (no parent span, or ``langsmith.is_root`` true, as
-    LangSmith's collector proxy reads it)."""
-    span = run.span
-    if not span.parent_span_id or run.attrs.get("langsmith.is_root") is True:
-        return None
-    return span_text(span.parent_span_id)
