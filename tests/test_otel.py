@@ -240,6 +240,49 @@ def test_json_children_and_parent_in_one_request_and_more_later(server, client):
     assert all(x["dotted_order"].startswith(runs[0]["dotted_order"]) for x in runs)
 
 
+_FAULT = """
+CREATE FUNCTION otel_relink_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.trace_id = '{trace}' THEN RAISE EXCEPTION 'injected: the database fails'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER otel_relink_fault BEFORE UPDATE OF dotted_order ON runs
+    FOR EACH ROW EXECUTE FUNCTION otel_relink_fault();
+"""
+
+
+def test_relink_failing_after_the_commit_is_repaired_by_the_retry(server, client, db):
+    """A child is stored before its parent (a stand-in segment for the parent). The parent's
+    request commits, then its relink fails (a trigger refuses the repair, as the database failing
+    between the two would): the answer is a retryable 503 with Retry-After, and the exporter's
+    retry, whose span is refused as stored already, links the child all the same."""
+    trace, root, child = random_hex(16), random_hex(8), random_hex(8)
+    t0 = 1_760_000_000_000_000_000
+    late = json_request(json_span(trace, child, "child", t0 + 1_000_000, root))
+    assert post_json(client, late).status == 200
+    parent = json.dumps(json_request(json_span(trace, root, "root", t0))).encode()
+    with db.cursor() as cur:
+        cur.execute(_FAULT.format(trace=trace_uuid(trace)))
+    try:
+        conn = client.connect()
+        conn.request("POST", "/otel/v1/traces", parent, {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TRIGGER otel_relink_fault ON runs; DROP FUNCTION otel_relink_fault()")
+    assert answer.status == 503 and answer.getheader("Retry-After"), body
+    assert "not yet linked" in json.loads(body)["message"]
+    runs = {r["name"]: r for r in list_trace(client, trace_uuid(trace))}  # both stored
+    assert not runs["child"]["dotted_order"].startswith(runs["root"]["dotted_order"])  # a stand-in
+    retry = client.post(parent, "/otel/v1/traces", "application/json")
+    assert retry.status == 200 and retry.json()["partialSuccess"]["rejectedSpans"] == "1"
+    runs = list_trace(client, trace_uuid(trace))
+    assert [r["name"] for r in runs] == ["root", "child"]
+    assert runs[1]["dotted_order"] == f"{runs[0]['dotted_order']}.20251009T085320001000Z{run_id(child)}"
+
+
 def test_partial_success_and_protobuf_answers(server, client, store):
     """Spans with unusable ids are refused one by one (partial_success); the rest are stored. The
     answer is an ExportTraceServiceResponse in the request's encoding."""

@@ -18,7 +18,7 @@ import orjson
 from handler.base.errors import RunError
 from handler.otel import tree
 from handler.otel.decode import decode
-from handler.otel.ids import parent_of, span_fault, span_text
+from handler.otel.ids import parent_of, span_fault, span_text, trace_text
 from handler.otel.mapping import SpanRun
 from handler.otel.values import attributes
 from handler.runs.budget import Claim
@@ -127,12 +127,18 @@ class OtlpReader:
         wanted = set(ids) | {p for p in parents.values() if p is not None}
         stored = await self._stored(sorted(wanted))
         nodes: dict[str, tree.Node] = {}
+        again: dict[str, str | None] = {}  # runs of the request stored already: id -> dotted_order
         built = []
         for i, (run, run_id) in enumerate(zip(runs, ids, strict=True)):
             if i % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            if stored.get(run_id, (None, False))[1]:
+            order, posted, trace = stored.get(run_id, (None, False, None))
+            if posted:
                 self.reject(f"span {run.span.span_id.hex()} is stored already (run {run_id})")
+                span = run.span
+                if trace == trace_text(span.trace_id):  # sent again: its relink is done again
+                    nodes[run_id] = tree.Node(run_id, trace, parents[run], span.start_time_unix_nano)
+                    again[run_id] = order
                 continue
             parent = parents[run]
             fields = run.build(parent)
@@ -144,9 +150,11 @@ class OtlpReader:
             node = tree.Node(run_id, fields["trace_id"], parent, run.span.start_time_unix_nano)
             nodes[run_id] = node
             built.append((parsed, node))
-        known = {i: order for i, (order, posted) in stored.items() if posted}
-        tree.dotted_orders(nodes, known)
-        self.provisional = any(
+        known = {i: order for i, (order, posted, _) in stored.items() if posted and i not in again}
+        tree.dotted_orders(nodes, known, again)
+        # A parent neither in the request nor stored, or a retry (whose first relink may have
+        # failed after its commit): the relink cannot be skipped.
+        self.provisional = bool(again) or any(
             n.parent is not None and n.parent not in nodes and n.parent not in known for n in nodes.values()
         )
         for index, (parsed, node) in enumerate(built):
@@ -182,15 +190,16 @@ class OtlpReader:
         run.body, run.size = body, len(body)
         return run
 
-    async def _stored(self, ids: list[str]) -> dict[str, tuple[str | None, bool]]:
-        """The request's run ids and parents that the database has: id -> (dotted_order, posted)."""
+    async def _stored(self, ids: list[str]) -> dict[str, tuple[str | None, bool, str]]:
+        """The request's run ids and parents that the database has: id -> (dotted_order, posted,
+        trace_id)."""
         if not ids:
             return {}
         rows = await self._db.fetch(
-            "SELECT id, dotted_order, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            "SELECT id, dotted_order, posted, trace_id FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
             (self._ingest.tenant, ids),
         )
-        return {str(run_id): (order, posted) for run_id, order, posted in rows}
+        return {str(run_id): (order, posted, str(trace)) for run_id, order, posted, trace in rows}
 
 
 def _encode(fields: dict) -> bytes:

@@ -10,6 +10,8 @@ descendants that came first -- gets the part up to there replaced by the run's o
 (``relink``). Each run repairs its descendants when it comes, so any order of arrival ends in the
 same orders as if the parents had come first. ``relink`` runs after the request's commit, under a
 lock per trace: of two requests holding a parent and its child, the later one to relink sees both.
+It is idempotent: when it fails after the commit, the request is answered 503 and its retry (spans
+stored already) relinks them again (handlers.py, reader.py).
 """
 
 from __future__ import annotations
