@@ -205,19 +205,19 @@ class SpanRun:
         if isinstance(parsed, dict):
             self.taken.add("llm.invocation_parameters")
             params.update(parsed)
-        for key, v in self.attrs.items():
-            if key.startswith(REQUEST_PARAM) and key not in self.taken:
-                params[key[len(REQUEST_PARAM) :]] = v
-                self.taken.add(key)
-        if model is not None:
-            params.setdefault("model", model)
-        for key, v in self.attrs.items():
-            if key in self.taken:
+        taken = self.taken
+        for key, v in self.attrs.items():  # one pass: the parameters, then what no rule took
+            if key in taken:
                 continue
-            if key.startswith(METADATA):
+            if key.startswith(REQUEST_PARAM):
+                params[key[len(REQUEST_PARAM) :]] = v
+                taken.add(key)
+            elif key.startswith(METADATA):
                 metadata[key[len(METADATA) :]] = as_json(v)
             else:
                 metadata[key] = as_json(v)
+        if model is not None:
+            params.setdefault("model", model)
         span = self.span
         otel: dict = {
             "trace_id": span.trace_id.hex(),
