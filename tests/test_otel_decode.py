@@ -1,6 +1,7 @@
 """The OTLP JSON encoding decoded through the generated classes' constructors (handler/otel/decode.py)
 gives the very message protobuf's own JSON parser (json_format.ParseDict, ids rewritten from hex)
-gives, for every field kind of a trace export; and what that parser refuses, it refuses. No server."""
+gives, for every field kind of a trace export; and what that parser refuses, it refuses. Also the
+span times as values.py writes them. No server."""
 
 from __future__ import annotations
 
@@ -124,3 +125,21 @@ def test_a_string_for_an_object_refused():
     """Stricter than ParseDict, which takes a string where an AnyValue object belongs as unset."""
     with pytest.raises(RunError):
         decode(json.dumps(spans_with(attributes=[{"key": "k", "value": "x"}])).encode(), JSON)
+
+
+def test_times_as_datetime_writes_them():
+    """values.iso and values.compact (a per-second cache) write what datetime writes, for whole
+    seconds, the edges of unix nanoseconds and seeded random ones."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from handler.otel.values import compact, iso
+
+    rng = random.Random(21)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for nanos in [0, 1, 999, 1000, 10**18, 1_760_000_000_123_456_789, 2**64 - 1] + [
+        rng.randrange(2**64) for _ in range(2000)
+    ]:
+        moment = epoch + timedelta(microseconds=nanos // 1000)
+        assert iso(nanos) == moment.isoformat(), nanos
+        assert compact(nanos) == f"{moment:%Y%m%dT%H%M%S%f}", nanos
