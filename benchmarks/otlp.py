@@ -26,8 +26,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from benchmarks.cpu import process_cpu
+from handler.otel.ids import parent_of
 from handler.otel.mapping import SpanRun
-from handler.otel.reader import _parent
 from tests.server import start_server
 
 SPANS = 512
@@ -109,7 +109,7 @@ def runs_batch(request: ExportTraceServiceRequest) -> bytes:
         for ss in rs.scope_spans:
             for span in ss.spans:
                 run = SpanRun(span, {}, {"name": ss.scope.name}, None)
-                body = run.build(_parent(run))
+                body = run.build(parent_of(span, run.attrs))
                 runs.append(body)
     return json.dumps(runs).encode()
 

@@ -240,6 +240,49 @@ def test_json_children_and_parent_in_one_request_and_more_later(server, client):
     assert all(x["dotted_order"].startswith(runs[0]["dotted_order"]) for x in runs)
 
 
+_FAULT = """
+CREATE FUNCTION otel_relink_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.trace_id = '{trace}' THEN RAISE EXCEPTION 'injected: the database fails'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER otel_relink_fault BEFORE UPDATE OF dotted_order ON runs
+    FOR EACH ROW EXECUTE FUNCTION otel_relink_fault();
+"""
+
+
+def test_relink_failing_after_the_commit_is_repaired_by_the_retry(server, client, db):
+    """A child is stored before its parent (a stand-in segment for the parent). The parent's
+    request commits, then its relink fails (a trigger refuses the repair, as the database failing
+    between the two would): the answer is a retryable 503 with Retry-After, and the exporter's
+    retry, whose span is refused as stored already, links the child all the same."""
+    trace, root, child = random_hex(16), random_hex(8), random_hex(8)
+    t0 = 1_760_000_000_000_000_000
+    late = json_request(json_span(trace, child, "child", t0 + 1_000_000, root))
+    assert post_json(client, late).status == 200
+    parent = json.dumps(json_request(json_span(trace, root, "root", t0))).encode()
+    with db.cursor() as cur:
+        cur.execute(_FAULT.format(trace=trace_uuid(trace)))
+    try:
+        conn = client.connect()
+        conn.request("POST", "/otel/v1/traces", parent, {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP TRIGGER otel_relink_fault ON runs; DROP FUNCTION otel_relink_fault()")
+    assert answer.status == 503 and answer.getheader("Retry-After"), body
+    assert "not yet linked" in json.loads(body)["message"]
+    runs = {r["name"]: r for r in list_trace(client, trace_uuid(trace))}  # both stored
+    assert not runs["child"]["dotted_order"].startswith(runs["root"]["dotted_order"])  # a stand-in
+    retry = client.post(parent, "/otel/v1/traces", "application/json")
+    assert retry.status == 200 and retry.json()["partialSuccess"]["rejectedSpans"] == "1"
+    runs = list_trace(client, trace_uuid(trace))
+    assert [r["name"] for r in runs] == ["root", "child"]
+    assert runs[1]["dotted_order"] == f"{runs[0]['dotted_order']}.20251009T085320001000Z{run_id(child)}"
+
+
 def test_partial_success_and_protobuf_answers(server, client, store):
     """Spans with unusable ids are refused one by one (partial_success); the rest are stored. The
     answer is an ExportTraceServiceResponse in the request's encoding."""
@@ -385,9 +428,12 @@ def test_query_columns_from_values_equal_the_splitters():
             "extra": {"metadata": {"nested": {"no": 1}}, "other": [1, {"a": "b"}]},
         },
         {"trace_id": trace, "name": "e", "outputs": {"llm_output": {"token_usage": {"total_tokens": 1e3}}}},
+        # a path's inner node holding a scalar (the splitter raised ValueError on these: a 500)
+        {"trace_id": trace, "name": "f", "outputs": {"usage_metadata": None, "llm_output": {"usage": 3}}},
+        {"trace_id": trace, "name": "g", "extra": {"metadata": {"usage_metadata": "x", "k": "v"}}},
         {
             "trace_id": trace,
-            "name": "f",
+            "name": "h",
             "inputs": {**{f"k{i}": [i] if i % 3 else i for i in range(10)}, "q": None, "s": "x" * 200},
             "outputs": {"a": 1.5, "b": {"c": 1}, **{f"o{i}": "v" for i in range(9)}, "usage_metadata": {}},
         },
@@ -398,6 +444,63 @@ def test_query_columns_from_values_equal_the_splitters():
             for fields in runs:
                 body = orjson.dumps(fields)
                 expected = extract.query_columns(parse_run(body, 1 << 20, 512, "run"))
+                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, io_keys, fields)
+        finally:
+            extract.configure(0)
+
+
+_TAP_KEYS = (
+    "metadata",
+    "usage_metadata",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "total_cost",
+    "llm_output",
+    "token_usage",
+    "usage",
+    "prompt_tokens",
+    "generations",
+    "message",
+    "kwargs",
+    "user",
+    "other",
+)
+
+
+def _random_value(rng, depth: int):
+    kind = rng.random()
+    if depth < 6 and kind < 0.3:
+        return {rng.choice(_TAP_KEYS): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+    if depth < 6 and kind < 0.45:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    scalars = [rng.randint(-5, 10**6), rng.random() * 100, "text " * rng.randint(0, 3), True, None, 1e3]
+    return rng.choice(scalars)
+
+
+def test_query_columns_from_random_values_equal_the_splitters():
+    """The same, on seeded random nestings of the paths' keys: run_of's walk skips what the
+    splitter's events pass over (values below both limits), and finds the same columns."""
+    import random
+
+    import orjson
+
+    from handler.query import extract
+    from handler.runs.schema import run_of
+    from handler.runs.splitter import parse_run
+
+    rng = random.Random(21)
+    for chars, io_keys in ((0, 0), (40, 0), (0, 3), (40, 8)):
+        extract.configure(chars, io_keys)
+        try:
+            for _ in range(400):
+                fields = {"trace_id": "944ce838-b5c5-4628-8f23-089fbda8b9e3", "name": "r"}
+                for key in ("extra", "outputs", "inputs"):
+                    if rng.random() < 0.7:
+                        fields[key] = {k: _random_value(rng, 1) for k in rng.sample(_TAP_KEYS, 4)}
+                if rng.random() < 0.5:
+                    fields["tags"] = [f"t{rng.randint(0, 9)}" for _ in range(rng.randint(0, 3))]
+                expected = extract.query_columns(parse_run(orjson.dumps(fields), 1 << 20, 512, "run"))
                 assert extract.query_columns(run_of(fields, 0)) == expected, (chars, io_keys, fields)
         finally:
             extract.configure(0)

@@ -215,6 +215,13 @@ def test_the_page_shows_the_numbers(browser, seeded):  # noqa: F811
     assert browser.current_url.endswith("?days=30") and KEY not in browser.current_url
 
 
+def rows(driver, value: str) -> list:
+    """``value`` (a JavaScript expression of the row ``r``) for each row of the trace list."""
+    return driver.execute_script(
+        f"return [...document.querySelectorAll('#traces tbody tr')].map(r => {value})"
+    )
+
+
 def test_filter_links_round_trip(browser, seeded):  # noqa: F811
     url, _, session, _ = seeded
     wait = WebDriverWait(browser, WAIT_S)
@@ -222,8 +229,9 @@ def test_filter_links_round_trip(browser, seeded):  # noqa: F811
     wait.until(EC.visibility_of_element_located((By.ID, "key-input"))).send_keys(KEY)
     browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#traces tbody tr")) == len(TRACES))
-    first = browser.find_element(By.CSS_SELECTOR, "#traces tbody tr")
-    assert first.find_element(By.CSS_SELECTOR, ".input-preview").text == "question 2:40"  # the first line
+    # The list may be drawn again while it is read (its previews come after it): each read below is
+    # one script, so no element goes stale between finding it and reading it.
+    assert rows(browser, "r.querySelector('.input-preview').textContent")[0] == "question 2:40"  # 1st line
     Select(browser.find_element(By.ID, "status")).select_by_value("error")
     name = browser.find_element(By.ID, "name")
     name.send_keys("answ")
@@ -232,14 +240,8 @@ def test_filter_links_round_trip(browser, seeded):  # noqa: F811
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#traces tbody tr")) == 3)
     link = browser.current_url
     assert f"project={session}" in link and "status=error" in link and KEY not in link
-    listed = [
-        r.get_attribute("data-trace-id") for r in browser.find_elements(By.CSS_SELECTOR, "#traces tbody tr")
-    ]
-    latencies = [
-        r.find_element(By.CSS_SELECTOR, ".latency").get_attribute("data-ms")
-        for r in browser.find_elements(By.CSS_SELECTOR, "#traces tbody tr")
-    ]
-    assert latencies == ["300", "50", "600"]
+    listed = rows(browser, "r.dataset.traceId")
+    assert rows(browser, "r.querySelector('.latency').dataset.ms") == ["300", "50", "600"]
     # The link, opened afresh (same tab: the key is the tab's), shows the same filters and list.
     browser.get("about:blank")
     browser.get(link)
@@ -248,9 +250,7 @@ def test_filter_links_round_trip(browser, seeded):  # noqa: F811
         Select(browser.find_element(By.ID, "status")).first_selected_option.get_attribute("value") == "error"
     )
     assert browser.find_element(By.ID, "name").get_attribute("value") == "answ"
-    assert [
-        r.get_attribute("data-trace-id") for r in browser.find_elements(By.CSS_SELECTOR, "#traces tbody tr")
-    ] == listed
+    assert rows(browser, "r.dataset.traceId") == listed
     assert (
         browser.find_element(By.ID, "monitor-link")
         .get_attribute("href")

@@ -6,9 +6,12 @@ an ExportTraceServiceResponse, or a google.rpc.Status for an error, as the speci
 from __future__ import annotations
 
 import base64
+import binascii
+import functools
 import json
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -23,7 +26,6 @@ JSON = "application/json"
 CONTENT_TYPES = (PROTOBUF, JSON)
 # google.rpc.Code for an HTTP status, as the OTLP/HTTP answers name them.
 _CODES = {400: 3, 401: 16, 404: 5, 408: 4, 409: 6, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 
 
 def decode(body: bytes, content_type: str) -> ExportTraceServiceRequest:
@@ -42,50 +44,141 @@ def decode(body: bytes, content_type: str) -> ExportTraceServiceRequest:
     if not isinstance(document, dict):
         raise RunError(400, "the body must be a JSON object (an ExportTraceServiceRequest)")
     try:
-        _ids_to_base64(document)
-        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+        request = ExportTraceServiceRequest(**_fields(ExportTraceServiceRequest.DESCRIPTOR, document))
         # Through the binary form once: the same nesting limit as a protobuf body (upb's decoder).
         return ExportTraceServiceRequest.FromString(request.SerializeToString())
-    except (json_format.ParseError, DecodeError, RecursionError, ValueError, TypeError, AttributeError) as e:
+    except (DecodeError, RecursionError, ValueError, TypeError) as e:
         raise RunError(400, f"the body is not an OTLP ExportTraceServiceRequest: {_first_line(e)}") from None
 
 
-def _ids_to_base64(document: dict) -> None:
-    """The OTLP JSON encoding writes trace and span ids in hex where protobuf's JSON mapping has
-    base64: rewrite them (in spans and their links) before the generic parser sees them."""
-    for resource_spans in _list(document, "resourceSpans", "resource_spans"):
-        for scope_spans in _list(resource_spans, "scopeSpans", "scope_spans"):
-            for span in _list(scope_spans, "spans"):
-                _hex_ids(span)
-                for link in _list(span, "links"):
-                    _hex_ids(link)
+# The OTLP JSON encoding is protobuf's JSON mapping (lowerCamelCase or original field names, 64-bit
+# integers as strings or numbers, enums as numbers or names, unknown fields ignored, null as unset)
+# but for trace and span ids, which are hex, not base64. A document becomes the generated class's
+# constructor arguments, field by field as the descriptors say; the C-backed constructor checks
+# types and ranges. (json_format.ParseDict does the same in pure Python, ~5x slower.)
+_HEX_IDS = frozenset({"trace_id", "span_id", "parent_span_id"})
+_INTEGERS = frozenset(
+    {
+        FieldDescriptor.CPPTYPE_INT32,
+        FieldDescriptor.CPPTYPE_INT64,
+        FieldDescriptor.CPPTYPE_UINT32,
+        FieldDescriptor.CPPTYPE_UINT64,
+    }
+)
+_FLOATS = frozenset({FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT})
+_UNKNOWN = object()  # an enum name this version does not know
+_PLANS: dict = {}  # message descriptor -> {JSON key: (field name, converter, repeated)}
 
 
-def _list(parent, *names: str) -> list:
-    if not isinstance(parent, dict):
-        raise ValueError("an object was expected")
-    for name in names:
-        items = parent.get(name)
-        if items is not None:
-            if not isinstance(items, list):
-                raise ValueError(f"{name} must be an array")
-            return items
-    return []
-
-
-def _hex_ids(item) -> None:
-    if not isinstance(item, dict):
-        raise ValueError("a span or link must be an object")
-    for name in _ID_FIELDS:
-        text = item.get(name)
-        if text is None:
+def _fields(descriptor, document) -> dict:
+    """A JSON object as keyword arguments of the message's constructor."""
+    if not isinstance(document, dict):
+        raise TypeError(f"{descriptor.name} must be a JSON object")
+    plan = _PLANS.get(descriptor) or _plan(descriptor)
+    kwargs = {}
+    for key, item in document.items():
+        step = plan.get(key)
+        if step is None or item is None:  # an unknown field, or null: unset
             continue
-        if not isinstance(text, str):
-            raise ValueError(f"{name} must be a hex string")
-        try:
-            item[name] = base64.b64encode(bytes.fromhex(text)).decode()
-        except ValueError:
-            raise ValueError(f"{name} is not hex: {text[:40]!r}") from None
+        name, convert, repeated = step
+        if repeated:
+            if not isinstance(item, list):
+                raise TypeError(f"{key} must be an array")
+            kwargs[name] = [x for x in map(convert, item) if x is not _UNKNOWN]
+        else:
+            item = convert(item)
+            if item is not _UNKNOWN:
+                kwargs[name] = item
+    return kwargs
+
+
+def _plan(descriptor) -> dict:
+    plan = {}
+    for field in descriptor.fields:
+        step = (field.name, _converter(field), _repeated(field))
+        plan[field.name] = plan[field.camelcase_name] = plan[field.json_name] = step
+    _PLANS[descriptor] = plan
+    return plan
+
+
+def _repeated(field) -> bool:
+    is_repeated = getattr(field, "is_repeated", None)  # protobuf 7 has no label
+    return is_repeated if is_repeated is not None else field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _converter(field):
+    kind = field.cpp_type
+    if kind == FieldDescriptor.CPPTYPE_MESSAGE:
+        return functools.partial(_fields, field.message_type)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return _hex if field.name in _HEX_IDS else _base64
+    if kind == FieldDescriptor.CPPTYPE_STRING:
+        return _string
+    if kind in _INTEGERS:
+        return _integer
+    if kind in _FLOATS:
+        return _float
+    if kind == FieldDescriptor.CPPTYPE_BOOL:
+        return _bool
+    return functools.partial(_enum, frozenset(field.enum_type.values_by_name))
+
+
+def _string(v):
+    if not isinstance(v, str):
+        raise TypeError("a string was expected")
+    return v
+
+
+def _hex(v):
+    if not isinstance(v, str):
+        raise TypeError("an id must be a hex string")
+    try:
+        return bytes.fromhex(v)
+    except ValueError:
+        raise ValueError(f"an id is not hex: {v[:40]!r}") from None
+
+
+def _base64(v):
+    if not isinstance(v, str):
+        raise TypeError("bytes must be a base64 string")
+    try:  # standard or URL-safe alphabet, padding optional, as protobuf's JSON mapping reads it
+        return base64.b64decode(v.replace("-", "+").replace("_", "/") + "=" * (-len(v) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"not base64: {v[:40]!r}") from None
+
+
+def _integer(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    raise TypeError("an integer was expected")
+
+
+def _float(v):
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):  # "NaN", "Infinity", "-Infinity", or a number as a string
+        return float(v)
+    raise TypeError("a number was expected")
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise TypeError("true or false was expected")
+    return v
+
+
+def _enum(names: frozenset, v):
+    """A number, or a name (one this version does not know: unset, as ParseDict's
+    ignore_unknown_fields has it)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return v if v in names else _UNKNOWN
+    raise TypeError("an enum must be a number or a name")
 
 
 def _first_line(error: Exception) -> str:

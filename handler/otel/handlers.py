@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]+")
 PATHS = ("/otel/v1/traces", "/v1/traces", "/api/v1/otel/v1/traces")
+RELINK_RETRY_AFTER_S = 1
 
 
 class TracesHandler(IngestHandler):
@@ -47,8 +48,15 @@ class TracesHandler(IngestHandler):
         reader = self.reader
         try:
             await tree.relink(self.db, self.ingest.tenant, reader.nodes, reader.provisional)
-        except RunError as e:  # the runs are stored: the export succeeded; only their order waits
+        except RunError as e:
+            # The runs are stored, but their trees may hold stand-ins no later arrival repairs: a
+            # retryable answer has the exporter send the request again, whose spans, stored
+            # already, are refused one by one and relinked (reader.py).
             log.warning("could not relink %d runs: %s", len(reader.nodes), e.reason)
+            error = RunError(503, f"the spans are stored, but not yet linked into their traces: {e.reason}")
+            error.retry_after = RELINK_RETRY_AFTER_S
+            self.fail(error)
+            return
         except Exception:  # a bug, still after the commit: the export succeeded
             log.exception("could not relink %d runs", len(reader.nodes))
         self.set_status(200)

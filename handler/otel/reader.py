@@ -18,7 +18,9 @@ import orjson
 from handler.base.errors import RunError
 from handler.otel import tree
 from handler.otel.decode import decode
-from handler.otel.mapping import SpanRun, attributes, span_fault, span_text
+from handler.otel.ids import parent_of, span_fault, span_text, trace_text
+from handler.otel.mapping import SpanRun
+from handler.otel.values import attributes
 from handler.runs.budget import Claim
 from handler.runs.ingest import BatchIngest
 from handler.runs.schema import FieldError, Run, check_field, run_of
@@ -121,16 +123,22 @@ class OtlpReader:
                     seen.add(span.span_id)
                     runs.append(SpanRun(span, resource, scope, self._project))
         ids = [span_text(r.span.span_id) for r in runs]
-        parents = {r: _parent(r) for r in runs}
+        parents = {r: parent_of(r.span, r.attrs) for r in runs}
         wanted = set(ids) | {p for p in parents.values() if p is not None}
         stored = await self._stored(sorted(wanted))
         nodes: dict[str, tree.Node] = {}
+        again: dict[str, str | None] = {}  # runs of the request stored already: id -> dotted_order
         built = []
         for i, (run, run_id) in enumerate(zip(runs, ids, strict=True)):
             if i % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            if stored.get(run_id, (None, False))[1]:
+            order, posted, trace = stored.get(run_id, (None, False, None))
+            if posted:
                 self.reject(f"span {run.span.span_id.hex()} is stored already (run {run_id})")
+                span = run.span
+                if trace == trace_text(span.trace_id):  # sent again: its relink is done again
+                    nodes[run_id] = tree.Node(run_id, trace, parents[run], span.start_time_unix_nano)
+                    again[run_id] = order
                 continue
             parent = parents[run]
             fields = run.build(parent)
@@ -142,9 +150,11 @@ class OtlpReader:
             node = tree.Node(run_id, fields["trace_id"], parent, run.span.start_time_unix_nano)
             nodes[run_id] = node
             built.append((parsed, node))
-        known = {i: order for i, (order, posted) in stored.items() if posted}
-        tree.dotted_orders(nodes, known)
-        self.provisional = any(
+        known = {i: order for i, (order, posted, _) in stored.items() if posted and i not in again}
+        tree.dotted_orders(nodes, known, again)
+        # A parent neither in the request nor stored, or a retry (whose first relink may have
+        # failed after its commit): the relink cannot be skipped.
+        self.provisional = bool(again) or any(
             n.parent is not None and n.parent not in nodes and n.parent not in known for n in nodes.values()
         )
         for index, (parsed, node) in enumerate(built):
@@ -180,15 +190,16 @@ class OtlpReader:
         run.body, run.size = body, len(body)
         return run
 
-    async def _stored(self, ids: list[str]) -> dict[str, tuple[str | None, bool]]:
-        """The request's run ids and parents that the database has: id -> (dotted_order, posted)."""
+    async def _stored(self, ids: list[str]) -> dict[str, tuple[str | None, bool, str]]:
+        """The request's run ids and parents that the database has: id -> (dotted_order, posted,
+        trace_id)."""
         if not ids:
             return {}
         rows = await self._db.fetch(
-            "SELECT id, dotted_order, posted FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
+            "SELECT id, dotted_order, posted, trace_id FROM runs WHERE tenant = %s AND id = ANY(%s::uuid[])",
             (self._ingest.tenant, ids),
         )
-        return {str(run_id): (order, posted) for run_id, order, posted in rows}
+        return {str(run_id): (order, posted, str(trace)) for run_id, order, posted, trace in rows}
 
 
 def _encode(fields: dict) -> bytes:
@@ -196,12 +207,3 @@ def _encode(fields: dict) -> bytes:
         return orjson.dumps(fields)
     except TypeError:  # orjson's JSONEncodeError: an integer past 64 bits, or a lone surrogate
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _parent(run: SpanRun) -> str | None:
-    """The span's parent run: none for a root (no parent span, or ``langsmith.is_root`` true, as
-    LangSmith's collector proxy reads it)."""
-    span = run.span
-    if not span.parent_span_id or run.attrs.get("langsmith.is_root") is True:
-        return None
-    return span_text(span.parent_span_id)

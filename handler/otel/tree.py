@@ -10,26 +10,26 @@ descendants that came first -- gets the part up to there replaced by the run's o
 (``relink``). Each run repairs its descendants when it comes, so any order of arrival ends in the
 same orders as if the parents had come first. ``relink`` runs after the request's commit, under a
 lock per trace: of two requests holding a parent and its child, the later one to relink sees both.
+It is idempotent: when it fails after the commit, the request is answered 503 and its retry (spans
+stored already) relinks them again (handlers.py, reader.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 
+from handler.otel.values import compact
 from handler.runs.schema import MAX_DOTTED_ORDER_BYTES
 from handler.store.db import Database
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A computed order (ASCII) stays within the field rule's limit (about 30 levels of spans); a run
 # deeper than that keeps none (it is listed, by the index, before its trace's other runs).
 MAX_ORDER_CHARS = MAX_DOTTED_ORDER_BYTES
 
 
 def segment(start_nanos: int, run_id: str) -> str:
-    moment = _EPOCH + timedelta(microseconds=start_nanos // 1000)
-    return f"{moment:%Y%m%dT%H%M%S%f}Z{run_id}"
+    return f"{compact(start_nanos)}Z{run_id}"
 
 
 class Node:

@@ -204,7 +204,8 @@ class Tap:
             self.text_left -= min(len(value), self.text_left)
             if self.text_left <= 0:
                 self.text_on = False
-        if len(self.keys) == depth - 2 and self.nodes and self.nodes[-1] is not None:
+        # (a path's inner node given a scalar, e.g. "usage_metadata": null, is no leaf: passed over)
+        if len(self.keys) == depth - 2 and self.nodes and isinstance(self.nodes[-1], tuple):
             self._leaf(self.nodes[-1], self.keys[-1], value)
         return (_DEEP, _DEEP) if self.text_on else self.trie
 
@@ -242,17 +243,26 @@ class Tap:
         self._walk(value, 3, limits)
 
     def _walk(self, value: dict | list, depth: int, limits: list) -> None:
-        items = value.items() if isinstance(value, dict) else ((None, item) for item in value)
-        for key, item in items:
-            if key is not None and depth <= limits[0]:
-                if depth == 3 and limits[1] < 3 and key not in self.first:
-                    limits[:] = 3, 2  # as runs/events.py: a key no path goes through
-                else:
-                    limits[:] = self.key(depth, key)
-            if isinstance(item, dict | list):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if depth <= limits[0]:
+                    if depth == 3 and limits[1] < 3 and key not in self.first:
+                        limits[:] = 3, 2  # as runs/events.py: a key no path goes through
+                    else:
+                        limits[:] = self.key(depth, key)
+                self._item(item, depth, limits)
+        else:
+            for item in value:
+                self._item(item, depth, limits)
+
+    def _item(self, item: object, depth: int, limits: list) -> None:
+        if isinstance(item, dict | list):
+            # Limits change only by a call: past both, nothing inside calls (the events loop
+            # passes over such a value's events), so it is not walked.
+            if depth < limits[0] or depth < limits[1]:
                 self._walk(item, depth + 1, limits)
-            elif depth <= limits[1]:
-                limits[:] = self.scalar(depth, Decimal(repr(item)) if isinstance(item, float) else item)
+        elif depth <= limits[1]:
+            limits[:] = self.scalar(depth, Decimal(repr(item)) if isinstance(item, float) else item)
 
     def columns(self) -> tuple:
         """The values of the query columns (store/rows.RunRow, ``tags`` to ``outputs_kv``)."""
