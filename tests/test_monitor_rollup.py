@@ -290,16 +290,19 @@ def test_the_migration_fills_the_rollup_from_existing_runs_and_rolls_back(settin
                     (run_id, trace, parent, uuid.uuid4().hex, session, end and f"2026-01-01T{end}Z")
                     + (status, posted, tokens),
                 )
-            assert migrate(scratch) == 1
+            assert migrate(scratch) >= 1  # 0009, and any migration after it
             kept = assert_rollup_right(cur, "t")
             assert sum(row[3] for row in kept) == 3 and sum(row[6] for row in kept) == 12
             assert sorted(row[2] for row in kept if row[4]) == [-1, 1 + math.floor(8 * math.log2(16 * 1500))]
-            assert rollback_last(scratch) == 1
+            while "0009_monitor_rollup" in {
+                m.id for m in get_backend(scratch.db_url).to_rollback(read_migrations(str(SCHEMA_DIR)))
+            }:
+                assert rollback_last(scratch) == 1
             cur.execute("SELECT to_regclass('runs_hourly'), to_regproc('runs_hourly_count')")
             assert cur.fetchone() == (None, None)
             cur.execute("SELECT count(*) FROM runs")
             assert cur.fetchone()[0] == 4
-            assert migrate(scratch) == 1
+            assert migrate(scratch) >= 1
             assert assert_rollup_right(cur, "t") == kept
             cur.execute("TRUNCATE runs CASCADE")  # nothing does it, but the rollup would follow
             cur.execute("SELECT count(*) FROM runs_hourly")

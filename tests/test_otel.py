@@ -431,14 +431,20 @@ def test_query_columns_from_values_equal_the_splitters():
         # a path's inner node holding a scalar (the splitter raised ValueError on these: a 500)
         {"trace_id": trace, "name": "f", "outputs": {"usage_metadata": None, "llm_output": {"usage": 3}}},
         {"trace_id": trace, "name": "g", "extra": {"metadata": {"usage_metadata": "x", "k": "v"}}},
+        {
+            "trace_id": trace,
+            "name": "h",
+            "inputs": {**{f"k{i}": [i] if i % 3 else i for i in range(10)}, "q": None, "s": "x" * 200},
+            "outputs": {"a": 1.5, "b": {"c": 1}, **{f"o{i}": "v" for i in range(9)}, "usage_metadata": {}},
+        },
     ]
-    for chars in (0, 40):
-        extract.configure(chars)
+    for chars, io_keys in ((0, 0), (40, 0), (0, 8), (40, 3)):
+        extract.configure(chars, io_keys)
         try:
             for fields in runs:
                 body = orjson.dumps(fields)
                 expected = extract.query_columns(parse_run(body, 1 << 20, 512, "run"))
-                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, fields)
+                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, io_keys, fields)
         finally:
             extract.configure(0)
 
@@ -484,8 +490,8 @@ def test_query_columns_from_random_values_equal_the_splitters():
     from handler.runs.splitter import parse_run
 
     rng = random.Random(21)
-    for chars in (0, 40):
-        extract.configure(chars)
+    for chars, io_keys in ((0, 0), (40, 0), (0, 3), (40, 8)):
+        extract.configure(chars, io_keys)
         try:
             for _ in range(400):
                 fields = {"trace_id": "944ce838-b5c5-4628-8f23-089fbda8b9e3", "name": "r"}
@@ -495,6 +501,6 @@ def test_query_columns_from_random_values_equal_the_splitters():
                 if rng.random() < 0.5:
                     fields["tags"] = [f"t{rng.randint(0, 9)}" for _ in range(rng.randint(0, 3))]
                 expected = extract.query_columns(parse_run(orjson.dumps(fields), 1 << 20, 512, "run"))
-                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, fields)
+                assert extract.query_columns(run_of(fields, 0)) == expected, (chars, io_keys, fields)
         finally:
             extract.configure(0)

@@ -23,6 +23,7 @@ from langsmith import Client
 from langsmith.utils import LangSmithError
 
 from handler.base.errors import RunError
+from handler.query import extract
 from handler.query.compile import check
 from handler.query.evaluate import evaluate
 from handler.read.sessions import session_id_for
@@ -36,6 +37,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def io_keys():
+    """The server's IO_KEYS here too: check() refuses input_key ... without."""
+    extract.configure(0, 8)
+    yield
+    extract.configure(0)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # Inputs' and outputs' text is searchable only when SEARCH_TEXT_CHARS asks for it (README).
@@ -44,6 +53,7 @@ def server(tmp_path_factory):
         "query-api",
         API_KEYS=f"querier:{hash_key(KEY)}",
         SEARCH_TEXT_CHARS="1000",
+        IO_KEYS="8",
     )
     yield srv
     srv.stop()
@@ -86,7 +96,7 @@ def corpus(server):
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     runs = [
         _run(
-            "agent", a, 0, 10, project, id=a, tags=["prod"],
+            "agent", a, 0, 10, project, id=a, tags=["prod"], inputs={"question": "hello there", "n": 3},
             extra={"metadata": {"user_id": "u-42", "env": "prod", "attempt": 2}},
         ),
         _run(
@@ -111,6 +121,7 @@ def corpus(server):
     client.create_feedback(ids["tool-a"], key="correctness", score=0)
     client.create_feedback(ids["agent"], key="correctness", score=1)
     client.create_feedback(ids["agent"], key="note", comment="no score")
+    client.create_feedback(ids["chat"], key="verdict", value="good")
     return client, project, ids
 
 
@@ -177,6 +188,17 @@ CASES = [
         {"agent", "llm-a", "tool-a"},
     ),
     ({"tree_filter": "lt(feedback_score, 0.5)", "filter": "eq(is_root, true)"}, {"agent"}),
+    ({"filter": 'eq(input_key, "question")'}, {"agent", "pending-one"}),
+    ({"filter": 'and(eq(input_key, "question"), eq(input_value, "Where is Waldo?"))'}, {"pending-one"}),
+    ({"filter": 'and(eq(input_key, "n"), eq(input_value, 3))'}, {"agent"}),
+    ({"filter": 'like(input_value, "Where%")'}, {"pending-one"}),
+    ({"filter": 'eq(output_key, "usage_metadata")'}, {"llm-a"}),
+    ({"filter": 'and(eq(output_key, "llm_output"), neq(output_value, "x"))'}, {"llm-b"}),
+    ({"filter": 'and(eq(output_key, "llm_output"), eq(output_value, "x"))'}, set()),
+    ({"tree_filter": 'eq(input_value, "Where is Waldo?")'}, {"pending-one"}),
+    ({"filter": 'and(eq(feedback_key, "verdict"), eq(feedback_value, "good"))'}, {"chat"}),
+    ({"filter": 'in(feedback_value, ["good", "bad"])'}, {"chat"}),
+    ({"filter": 'and(eq(feedback_key, "correctness"), neq(feedback_value, "good"))'}, {"agent", "tool-a"}),
     ({"run_type": "llm", "filter": "gt(total_tokens, 100)"}, {"llm-a"}),
     ({"is_root": True, "tree_filter": "gt(total_tokens, 1000)"}, {"agent"}),
     ({"error": False, "trace_filter": "gt(latency, 5)", "filter": 'neq(run_type, "chain")'}, {"llm-a"}),
@@ -236,7 +258,12 @@ HOSTILE = [
     'eq(name, "\\u0000")',
     "\x00",
     'eq(unknown_field, "x")',
-    'eq(feedback_value, "x")',
+    'eq(thread_id, "x")',
+    'like(feedback_value, "x")',
+    "eq(input_value, null)",
+    'eq(output_key, ["a"])',
+    'like(input_value, "x\\\\")',
+    "gt(input_value, 3)",
     'like(error, "x\\\\")',
     "search()",
 ]
@@ -297,6 +324,10 @@ TAGS = ["a", "b", "c"]
 META_KEYS = ["k1", "k2", "user"]
 META_VALUES = ["x", "y", "7", "true"]
 NAMES = ["alpha", "beta", "gamma", "Delta"]
+IO_KEYS = ["q", "n", "k0", "k3", "k11", "answer", "usage_metadata", "k%"]
+IO_VALUES = ["timeout", "7", "true", "1.5", "w" * 100, "w" * 150, "%o%", "3"]
+FEEDBACK_KEYS = ["correctness", "verdict"]
+FEEDBACK_VALUES = ["good", "bad", "1", "true"]
 WORDS = ["timeout", "apple", "zebra", "Quota"]
 
 
@@ -348,11 +379,33 @@ def make_corpus(project: str, seed: int = 7) -> list[dict]:
                 }
             if rng.random() < 0.5:
                 fields["inputs"] = {"q": rng.choice(WORDS), "n": [rng.choice(WORDS)]}
+            elif rng.random() < 0.5:  # more top-level keys than are kept, long values, plain values
+                fields["inputs"] = {
+                    f"k{j}": rng.choice([*WORDS, 7, True, None, 1.5, "w" * 150, {"x": 1}])
+                    for j in rng.sample(range(12), rng.randint(1, 12))
+                }
+            if rng.random() < 0.3:
+                fields["outputs"] = {**fields.get("outputs", {}), "answer": rng.choice([*WORDS, 3, None])}
             seconds = None if rng.random() < 0.15 else rng.choice([0.5, 1, 2.5, 5, 10])
             runs.append(_run(rng.choice(NAMES), trace, t * 10 + i, seconds, project, **fields))
             if i:
                 parents.append(run_id)
     return runs  # fmt: skip
+
+
+KV_KEYS, KV_VALUE_CHARS = 8, 100  # IO_KEYS as the server is started, extract.py's bound, restated
+
+
+def kv_of(value: object) -> dict:
+    """The first top-level keys of inputs or outputs and their plain values as text."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: None
+        if v is None or isinstance(v, dict | list)
+        else (v if isinstance(v, str) else json.dumps(v))[:KV_VALUE_CHARS]
+        for k, v in list(value.items())[:KV_KEYS]
+    }
 
 
 def python_row(run: dict) -> dict:
@@ -403,6 +456,9 @@ def python_row(run: dict) -> dict:
         "tags": tags,
         "metadata": values,
         "search_text": "\n".join([*tags, *values.values(), *texts]) or None,
+        "inputs_kv": kv_of(run.get("inputs")),
+        "outputs_kv": kv_of(run.get("outputs")),
+        "feedback": run.get("feedback", []),
     }
 
 
@@ -427,6 +483,13 @@ def leaf() -> st.SearchStrategy[str]:
         st.builds(lambda v: f"has(metadata, {q(json.dumps(v))})", st.dictionaries(st.sampled_from(META_KEYS), st.sampled_from([*META_VALUES, 7]), min_size=1, max_size=2)),
         st.builds(lambda v: f"search({q(v)})", st.sampled_from([*WORDS, "QUOTA", "a", "user"])),
         st.builds(lambda o, s: f'{o}(start_time, "{(T0 + timedelta(seconds=s)).isoformat()}")', st.sampled_from(["gt", "lt"]), st.integers(0, 120)),
+        st.builds(lambda f, o, v: f"{o}({f}, {q(v)})", st.sampled_from(["input_key", "output_key"]), st.sampled_from(["eq", "neq", "like"]), st.sampled_from(IO_KEYS)),
+        st.builds(lambda f, o, v: f"{o}({f}, {q(v)})", st.sampled_from(["input_value", "output_value"]), st.sampled_from(["eq", "neq", "like", "notlike"]), st.sampled_from(IO_VALUES)),
+        st.builds(lambda p, k, o, v: f"and(eq({p}_key, {q(k)}), {o}({p}_value, {q(v)}))", st.sampled_from(["input", "output"]), st.sampled_from(IO_KEYS), st.sampled_from(["eq", "neq"]), st.sampled_from(IO_VALUES)),
+        st.builds(lambda o, v: f"{o}(feedback_key, {q(v)})", st.sampled_from(["eq", "neq"]), st.sampled_from(FEEDBACK_KEYS)),
+        st.builds(lambda o, v: f"{o}(feedback_score, {v})", st.sampled_from(["gt", "lt", "eq", "neq"]), st.sampled_from([0, 0.5, 1])),
+        st.builds(lambda o, v: f"{o}(feedback_value, {q(v)})", st.sampled_from(["eq", "neq"]), st.sampled_from(FEEDBACK_VALUES)),
+        st.builds(lambda k, o, v: f"and(eq(feedback_key, {q(k)}), {o}(feedback_value, {q(v)}))", st.sampled_from(FEEDBACK_KEYS), st.sampled_from(["eq", "neq"]), st.sampled_from(FEEDBACK_VALUES)),
     )  # fmt: skip
 
 
@@ -446,6 +509,15 @@ def random_corpus(server):
     project = f"property-{uuid.uuid4().hex[:8]}"
     runs = make_corpus(project)
     post_runs(server, runs)
+    rng = random.Random(11)
+    for run in rng.sample(runs, len(runs) // 2):  # feedback: scores and values, some of neither
+        for key in rng.sample(FEEDBACK_KEYS, rng.randint(1, 2)):
+            score, value = rng.choice([0, 0.5, 1, None]), rng.choice(["good", "bad", 1, True, None])
+            body = {"run_id": run["id"], "key": key, "score": score, "value": value}
+            response = server.client.post(json.dumps(body).encode(), "/feedback", headers={"x-api-key": KEY})
+            assert response.status in (200, 201), response.body
+            text = None if value is None else value if isinstance(value, str) else json.dumps(value)
+            run.setdefault("feedback", []).append((key, None if score is None else float(score), text))
     rows = [python_row(run) for run in runs]
     session = str(session_id_for("querier", project))
     deadline = time.monotonic() + 10
@@ -529,6 +601,25 @@ def every_comparison() -> list[str]:
     ]
     leaves += [f"has(metadata, {q(json.dumps({k: v}))})" for k in META_KEYS for v in [*META_VALUES, 7, True]]
     leaves += [f"search({q(w)})" for w in [*WORDS, "QUOTA", "user", "1.5"]]
+    for p in ("input", "output"):
+        leaves += [f"{o}({p}_key, {q(k)})" for o in ("eq", "neq", "like", "notlike") for k in IO_KEYS]
+        leaves += [f"{o}({p}_value, {q(v)})" for o in ("eq", "neq", "like", "notlike") for v in IO_VALUES]
+        leaves += [f'in({p}_value, ["timeout", "7"])', f'in({p}_key, ["q", "nope"])']
+        leaves += [
+            f"and(eq({p}_key, {q(k)}), {o}({p}_value, {q(v)}))"
+            for k in IO_KEYS
+            for o in ("eq", "neq")
+            for v in IO_VALUES[:4]
+        ]
+    leaves += [f"{o}(feedback_key, {q(k)})" for o in ("eq", "neq") for k in FEEDBACK_KEYS]
+    leaves += [f"{o}(feedback_score, {v})" for o in ("eq", "neq", "gt", "lte") for v in (0, 0.5, 1)]
+    leaves += [f"{o}(feedback_value, {q(v)})" for o in ("eq", "neq") for v in FEEDBACK_VALUES]
+    leaves += ['in(feedback_value, ["good", "1"])'] + [
+        f"and(eq(feedback_key, {q(k)}), {o}(feedback_value, {q(v)}))"
+        for k in FEEDBACK_KEYS
+        for o in ("eq", "neq")
+        for v in FEEDBACK_VALUES
+    ]
     leaves += [f"exists({f})" for f in ("total_tokens", "end_time", "error", "parent_run_id", "latency")]
     return leaves + [f"not({leaf})" for leaf in leaves]  # fmt: skip
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from handler.base.errors import RunError
+from handler.query import extract
 from handler.query.compile import check, where
 from handler.query.evaluate import evaluate, like
 from handler.query.extract import query_columns
@@ -37,8 +38,18 @@ ROW = {
     "tags": ["prod", "beta"],
     "metadata": {"user_id": "u-42", "env": "prod"},
     "search_text": "prod\nhello world",
-    "feedback": [("correctness", 1.0), ("helpful", None)],
+    "inputs_kv": {"question": "why?", "messages": None},
+    "outputs_kv": {"answer": "because", "n": "3"},
+    "feedback": [("correctness", 1.0, None), ("helpful", None, "yes")],
 }
+
+
+@pytest.fixture(autouse=True)
+def io_keys():
+    """Inputs' and outputs' keys kept, as IO_KEYS=8 asks (the fields are refused without)."""
+    extract.configure(0, 8)
+    yield
+    extract.configure(0)
 
 
 def error_of(text: str) -> str:
@@ -92,7 +103,10 @@ def test_syntax_errors_name_the_position(text, position):
     ("text", "reason"),
     [
         ('eq(nonsense, "x")', "unknown field 'nonsense'"),
-        ('eq(feedback_value, "x")', "feedback_value is not supported"),
+        ('eq(thread_id, "x")', "thread_id is not supported"),
+        ('like(feedback_value, "x")', "feedback_value takes eq, neq, in"),
+        ("eq(input_value, null)", "input_value takes a string or number"),
+        ("gt(output_key, 1)", "output_key takes eq, neq, in, like, notlike"),
         ('gt(feedback_score, "high")', "feedback_score takes a number"),
         ('gt(feedback_key, "x")', "feedback_key takes eq, neq, in"),
         ('frobnicate(name, "x")', "unknown comparator 'frobnicate'"),
@@ -185,6 +199,20 @@ def test_values_never_reach_the_sql_text():
         ('and(eq(feedback_key, "helpful"), gt(feedback_score, 0))', False),
         ('eq(feedback_key, "nope")', False),
         ("gte(feedback_score, 1)", True),
+        ('eq(feedback_value, "yes")', True),
+        ('and(eq(feedback_key, "correctness"), eq(feedback_value, "yes"))', False),
+        ('and(eq(feedback_key, "correctness"), neq(feedback_value, "yes"))', True),
+        ('in(feedback_value, ["no", "yes"])', True),
+        ('eq(input_key, "messages")', True),
+        ('and(eq(input_key, "question"), eq(input_value, "why?"))', True),
+        ('and(eq(input_key, "question"), eq(output_value, "because"))', True),
+        ('and(eq(input_key, "messages"), eq(input_value, "why?"))', False),
+        ('and(eq(input_key, "messages"), neq(input_value, "why?"))', True),
+        ('and(eq(output_key, "n"), eq(output_value, 3))', True),
+        ('eq(output_key, "question")', False),
+        ('like(output_value, "be%")', True),
+        ('notlike(input_value, "%")', True),
+        ('eq(input_value, "because")', False),
     ],
 )
 def test_meaning(text, expected):
@@ -243,3 +271,36 @@ def test_tags_metadata_and_search_text():
     assert json.loads(found["metadata"]) == {"user": "u-1", "n": "5", "f": "1.5", "ok": "true"}
     assert found["search_text"] == "a\nb\nu-1\n5\n1.5\ntrue"  # inputs' text only with SEARCH_TEXT_CHARS
     assert columns_of({})["search_text"] is None and columns_of({})["tags"] == "[]"
+
+
+KV_RUN = {
+    "inputs": {
+        "q": "hello", "n": 5, "f": 1.5, "ok": True, "none": None, "k" * 300: "too long a key",
+        "deep": {"k": "v"}, "list": [1, "two"], "long": "x" * 150, "k9": "past the bound", "k10": 1,
+    },
+    # The token path comes after the kept keys: still found.
+    "outputs": {"answer": "yes", **{f"o{i}": i for i in range(10)}, "usage_metadata": USAGE},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("chars", [0, 40])
+def test_input_and_output_keys(chars):
+    """The first KV_KEYS top-level keys of inputs and outputs, plain values as text (cut at
+    KV_VALUE_CHARS), null for objects, arrays and null; the same with search text kept or not."""
+    extract.configure(chars, 8)
+    found = columns_of(KV_RUN)
+    assert json.loads(found["inputs_kv"]) == {
+        "q": "hello", "n": "5", "f": "1.5", "ok": "true", "none": None, "deep": None, "list": None, "long": "x" * 100,
+    }  # fmt: skip
+    assert json.loads(found["outputs_kv"]) == {"answer": "yes", **{f"o{i}": str(i) for i in range(7)}}
+    assert (found["prompt_tokens"], found["total_tokens"]) == (3, 7)
+    assert columns_of({"inputs": {}})["inputs_kv"] == "{}"
+
+
+def test_input_and_output_keys_are_off_by_default():
+    """IO_KEYS=0 (the default): nothing kept, and the fields say why (400)."""
+    extract.configure(0)
+    found = columns_of(KV_RUN)
+    assert (found["inputs_kv"], found["outputs_kv"], found["total_tokens"]) == ("{}", "{}", 7)
+    assert "IO_KEYS" in error_of('and(eq(input_key, "q"), eq(output_value, "x"))')
+    assert evaluate(check('eq(metadata_key, "user_id")'), ROW)  # metadata is not concerned

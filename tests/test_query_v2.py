@@ -240,3 +240,24 @@ def test_backfill_fills_runs_stored_before_the_columns(server, db):
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE query_fields IS NULL")
         assert cur.fetchone() == (0,)
+        # Kept without inputs' and outputs' keys (IO_KEYS was 0): a backfill under IO_KEYS > 0 adds them.
+        cur.execute(
+            "SELECT name, query_fields, inputs_kv, outputs_kv FROM runs WHERE session_id = %s ORDER BY name",
+            (project_id,),
+        )
+        assert cur.fetchall() == [("old-llm", 1, {}, {}), ("old-root", 1, {}, {})]
+        # Only these two to refill: the other tests' rows count as refilled.
+        cur.execute(
+            "UPDATE runs SET query_fields = 2 WHERE query_fields = 1 AND session_id <> %s", (project_id,)
+        )
+    done = subprocess.run(
+        [sys.executable, "-m", "handler", "backfill-query"],
+        cwd=REPO_ROOT, env={**os.environ, "RUN_HANDLER_ENV": "test", "IO_KEYS": "4"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT name, query_fields, inputs_kv, outputs_kv FROM runs WHERE session_id = %s ORDER BY name",
+            (project_id,),
+        )
+        assert cur.fetchall() == [("old-llm", 2, {}, {"usage_metadata": None}), ("old-root", 2, {}, {})]

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 
 from handler.base.errors import RunError
-from handler.query.fields import FIELDS, ORDERED_KINDS, SPECIAL, field_error, unknown_field, value_for
+from handler.query import extract
+from handler.query.fields import FIELDS, ORDERED_KINDS, PAIRS, SPECIAL, field_error, unknown_field, value_for
 from handler.query.grammar import Call, Field, Literal, parse
 
 COMPARISONS = ("eq", "neq", "gt", "gte", "lt", "lte")
@@ -32,14 +33,17 @@ _ARRAY_CASTS = {
 }
 _META_OPS = ("eq", "neq", "in", "like", "notlike")
 METADATA_VALUE_CHARS = 1000  # what extraction keeps of a metadata value (extract.py)
+KV_VALUE_CHARS = extract.KV_VALUE_CHARS  # of an inputs_kv / outputs_kv value (schema/0010)
 # The partial GIN indexes of schema/0007 cover rows with tags or metadata; saying so lets them serve.
-_META_SET = "{r}.metadata <> '{{}}'::jsonb"
+_META_SET = "{r}.{column} <> '{{}}'::jsonb"
+_NULL_TRUE = ("neq", "notlike")  # value tests a pair with a null value (an object's key) passes
 
 
 @dataclass(frozen=True)
 class Node:
     """A checked comparison or connective. op: and, or, not, cmp, in, like, notlike, exists,
-    tags_has, tags_any, meta (a group of metadata_key/value conditions matched by one pair),
+    tags_has, tags_any, meta (a group of key/value conditions matched by one pair of ``field``,
+    the column: metadata, inputs_kv or outputs_kv),
     meta_has (containment), feedback (a group of feedback_key/score conditions matched by one
     feedback of the run), search."""
 
@@ -117,9 +121,15 @@ def _check(call: Call) -> Node:
         return _tags(call, literal)
     if field == "metadata":
         return _metadata_has(call, literal)
-    if field in ("metadata_key", "metadata_value"):
-        return Node("meta", children=(_metadata_condition(call, field, literal),))
-    if field in ("feedback_key", "feedback_score"):
+    if field in PAIRS:
+        if PAIRS[field][0] != "metadata" and not extract.IO_KEYS:
+            raise RunError(
+                400,
+                f"filter: the field {field} is not supported: inputs' and outputs' keys are kept only"
+                f" when the server's IO_KEYS is above 0 (at position {call.pos})",
+            )
+        return Node("meta", field=PAIRS[field][0], children=(_metadata_condition(call, field, literal),))
+    if field in ("feedback_key", "feedback_score", "feedback_value"):
         return Node("feedback", children=(_feedback_condition(call, field, literal),))
     spec = FIELDS[field]
     if name == "has":
@@ -186,10 +196,11 @@ def _metadata_has(call: Call, literal: Literal) -> Node:
     return Node("meta_has", value=tuple(sorted((k, metadata_text(v)) for k, v in pairs.items())))
 
 
-def metadata_text(value: object) -> str:
-    """A metadata value as kept and compared: strings as they are, other values as JSON."""
+def metadata_text(value: object, limit: int = METADATA_VALUE_CHARS) -> str:
+    """A metadata (or inputs / outputs) value as kept and compared: strings as they are, other
+    values as JSON, cut at what extraction keeps."""
     text = value if isinstance(value, str) else json.dumps(value)
-    return text[:METADATA_VALUE_CHARS]
+    return text[:limit]
 
 
 def _metadata_condition(call: Call, field: str, literal: Literal) -> tuple[str, str, object]:
@@ -204,9 +215,11 @@ def _metadata_condition(call: Call, field: str, literal: Literal) -> tuple[str, 
         raise field_error(field, "takes a string or number", literal.pos)
     if call.name in ("like", "notlike"):
         _like_pattern(field, literal)
-    texts = tuple(metadata_text(v) for v in values)
+    column, side = PAIRS[field]
+    limit = METADATA_VALUE_CHARS if column == "metadata" or side == "key" else KV_VALUE_CHARS
+    texts = tuple(metadata_text(v, limit) for v in values)
     return (
-        "key" if field == "metadata_key" else "value",
+        side,
         call.name,
         texts if call.name == "in" else texts[0],
     )
@@ -214,18 +227,31 @@ def _metadata_condition(call: Call, field: str, literal: Literal) -> tuple[str, 
 
 def _group_metadata(children: list[Node]) -> Node:
     """Within one and(), metadata_key and metadata_value conditions describe one pair, as in
-    and(eq(metadata_key, "user"), eq(metadata_value, "u-42")); feedback_key and feedback_score
-    one feedback, as in and(eq(feedback_key, "correctness"), eq(feedback_score, 1))."""
-    for op in ("meta", "feedback"):
-        found = [c for c in children if c.op == op]
+    and(eq(metadata_key, "user"), eq(metadata_value, "u-42")) (input_ and output_ likewise, each
+    of its own column); feedback_key, feedback_score and feedback_value one feedback, as in
+    and(eq(feedback_key, "correctness"), eq(feedback_score, 1))."""
+    groups = (("meta", "metadata"), ("meta", "inputs_kv"), ("meta", "outputs_kv"), ("feedback", None))
+    for op, field in groups:
+        found = [c for c in children if c.op == op and c.field == field]
         if len(found) > 1:
-            group = Node(op, children=tuple(cond for node in found for cond in node.children))
-            children = [c for c in children if c.op != op] + [group]
+            group = Node(op, field=field, children=tuple(cond for node in found for cond in node.children))
+            children = [c for c in children if not (c.op == op and c.field == field)] + [group]
     return children[0] if len(children) == 1 else Node("and", children=tuple(children))
 
 
 def _feedback_condition(call: Call, field: str, literal: Literal) -> tuple[str, str, object]:
-    """A condition on one feedback of the run (schema/0006): its key (a string) or its score."""
+    """A condition on one feedback of the run (schema/0006): its key (a string), its score, or its
+    value (as text: a string as it is, other JSON as JSON)."""
+    if field == "feedback_value":
+        if call.name not in ("eq", "neq", "in"):
+            raise field_error(field, f"takes eq, neq, in, not {call.name}", call.pos)
+        values = literal.value if call.name == "in" else (literal.value,)
+        if (call.name == "in") != isinstance(literal.value, tuple) or any(
+            v is None or isinstance(v, tuple) for v in values
+        ):
+            raise field_error(field, "takes a string or number (in: a list of them)", literal.pos)
+        texts = tuple(metadata_text(v) for v in values)
+        return ("value", call.name, texts if call.name == "in" else texts[0])
     if field == "feedback_key":
         if call.name not in ("eq", "neq", "in", "like", "notlike"):
             raise field_error(field, f"takes eq, neq, in, like, notlike, not {call.name}", call.pos)
@@ -307,36 +333,45 @@ class SQL:
 
     def _meta_has(self, node: Node, r: str) -> str:
         pairs = self._p(json.dumps(dict(node.value)), "::jsonb")
-        return f"({_META_SET.format(r=r)} AND {r}.metadata @> {pairs})"
+        return f"({_META_SET.format(r=r, column='metadata')} AND {r}.metadata @> {pairs})"
 
     def _meta(self, node: Node, r: str) -> str:
-        conds = node.children
+        conds, column = node.children, f"{r}.{node.field}"  # field: a column name from PAIRS
+        is_set = _META_SET.format(r=r, column=node.field)
         eq_keys = [v for side, op, v in conds if side == "key" and op == "eq"]
         eq_values = [v for side, op, v in conds if side == "value" and op == "eq"]
         if len(conds) == 2 and len(eq_keys) == 1 and len(eq_values) == 1:  # the common pair: GIN
             pair = self._p(json.dumps({eq_keys[0]: eq_values[0]}), "::jsonb")
-            return f"({_META_SET.format(r=r)} AND {r}.metadata @> {pair})"
+            return f"({is_set} AND {column} @> {pair})"
         if len(conds) == 1 and eq_keys:
-            return f"({_META_SET.format(r=r)} AND {r}.metadata ? {self._p(eq_keys[0])})"
-        prefilter = (
-            f"{_META_SET.format(r=r)} AND {r}.metadata ? {self._p(eq_keys[0])} AND " if eq_keys else ""
-        )
+            return f"({is_set} AND {column} ? {self._p(eq_keys[0])})"
+        prefilter = f"{is_set} AND {column} ? {self._p(eq_keys[0])} AND " if eq_keys else ""
         tests = []
         for side, op, value in conds:
             if op == "in":
-                tests.append(f"m.{side} = ANY({self._p(list(value), '::text[]')})")
+                test = f"m.{side} = ANY({self._p(list(value), '::text[]')})"
             else:
                 sql_op = {"eq": "=", "neq": "<>", "like": "LIKE", "notlike": "NOT LIKE"}[op]
-                tests.append(f"m.{side} {sql_op} {self._p(value)}")
+                test = f"m.{side} {sql_op} {self._p(value)}"
+            # An object's or array's key has a null value: the negative tests pass it.
+            tests.append(f"({test} OR m.value IS NULL)" if side == "value" and op in _NULL_TRUE else test)
         return (
-            f"({prefilter}EXISTS (SELECT 1 FROM jsonb_each_text({r}.metadata) AS m(key, value)"
+            f"({prefilter}EXISTS (SELECT 1 FROM jsonb_each_text({column}) AS m(key, value)"
             f" WHERE {' AND '.join(tests)}))"
         )
 
     def _feedback(self, node: Node, r: str) -> str:
         tests = []
         for side, op, value in node.children:
-            if op == "in":
+            if side == "value":  # as text; a null value passes neq only
+                text = "(f.value #>> '{}')"
+                if op == "in":
+                    tests.append(f"{text} = ANY({self._p(list(value), '::text[]')})")
+                elif op == "neq":
+                    tests.append(f"({text} <> {self._p(value)} OR {text} IS NULL)")
+                else:
+                    tests.append(f"{text} = {self._p(value)}")
+            elif op == "in":
                 tests.append(f"f.key = ANY({self._p(list(value), '::text[]')})")
             elif op in ("like", "notlike"):
                 tests.append(f"f.key {'LIKE' if op == 'like' else 'NOT LIKE'} {self._p(value)}")

@@ -3,7 +3,8 @@ must have (the property test holds the two to each other).
 
 ``row`` maps the field names of fields.FIELDS to values (ids as strings, times as aware datetimes,
 numbers as int, float or Decimal, None when missing), plus ``tags`` (a list of strings),
-``metadata`` (a dict of strings), ``search_text`` and ``feedback`` ((key, score) pairs).
+``metadata``, ``inputs_kv``, ``outputs_kv`` (dicts of strings, or None for an object's or array's
+key), ``search_text`` and ``feedback`` ((key, score, value as text) triples).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def _compare(op: str, left: object, right: object) -> bool:
     return left <= right
 
 
-def _meta_test(side: str, op: str, value: object, key: str, text: str) -> bool:
+def _meta_test(side: str, op: str, value: object, key: str, text: str | None) -> bool:
     subject = key if side == "key" else text
+    if subject is None:  # a null value: the negative tests pass it (compile._NULL_TRUE)
+        return op in ("neq", "notlike")
     if op == "in":
         return subject in value
     if op == "like":
@@ -69,9 +72,11 @@ def _meta_test(side: str, op: str, value: object, key: str, text: str) -> bool:
     return _compare(op, subject, value)
 
 
-def _feedback_test(side: str, op: str, value: object, key: str, score: float | None) -> bool:
+def _feedback_test(side: str, op: str, value: object, key: str, score: float | None, text) -> bool:
     if side == "key":
         return _meta_test("key", op, value, key, "")
+    if side == "value":
+        return _meta_test("value", op, value, key, text)
     if score is None:
         return op == "neq"
     return _compare(op, score, value)
@@ -98,12 +103,12 @@ def evaluate(node: Node, row: dict) -> bool:
     if op == "meta":
         return any(
             all(_meta_test(side, cmp, value, key, text) for side, cmp, value in node.children)
-            for key, text in row["metadata"].items()
+            for key, text in row[node.field].items()
         )
     if op == "feedback":
         return any(
-            all(_feedback_test(side, cmp, value, key, score) for side, cmp, value in node.children)
-            for key, score in row.get("feedback", ())
+            all(_feedback_test(side, cmp, value, *feedback) for side, cmp, value in node.children)
+            for feedback in row.get("feedback", ())
         )
     value = _value(row, node.field)
     if op == "exists":

@@ -13,6 +13,15 @@ the bulk of a payload never reaches it. The paths it reads:
     outputs.llm_output.usage.*                (Anthropic-style)
     outputs.generations[*][*].message.kwargs.usage_metadata.*   (LangChain's chat models)
     inputs.**, outputs.** strings             search text, the first SEARCH_TEXT_CHARS characters of each
+    inputs.<key>, outputs.<key>               inputs_kv / outputs_kv (schema/0010), when IO_KEYS > 0:
+                                              the first IO_KEYS top-level keys of each, their plain
+                                              values as text (KV_VALUE_CHARS; null for an object, an
+                                              array or null)
+
+The top-level keys cost a Tap call per key and per plain value (the 5000_1kb workload, 22 keys a
+run, spends +60% in the splitter with 8 of each kept), so they are off by default (IO_KEYS=0:
+the filter fields answer 400) and bounded when on: past IO_KEYS keys of a field the Tap asks for
+nothing more of it (inputs) or only its paths (outputs).
 """
 
 from __future__ import annotations
@@ -20,15 +29,20 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-QUERY_FIELDS_VERSION = 1  # runs.query_fields of a row these rules filled
-TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS > 0
+# runs.query_fields of a row these rules filled: 1, or 2 with inputs' and outputs' keys (IO_KEYS >
+# 0), so that backfill-query under IO_KEYS > 0 refills the rows kept without (fields_version).
+QUERY_FIELDS_VERSION = 1
+TAPPED = frozenset({"tags", "extra", "outputs"})  # and inputs when SEARCH_TEXT_CHARS or IO_KEYS > 0
 SEARCH_TEXT_CHARS = 0  # of inputs' and of outputs' strings (0: none); set from Settings (configure)
+IO_KEYS = 0  # top-level keys of inputs and of outputs kept (0: none); set from Settings (configure)
 MAX_TAGS = 100
 MAX_TAG_CHARS = 256
 MAX_METADATA_KEYS = 100
 MAX_METADATA_KEY_CHARS = 256
 METADATA_VALUE_CHARS = 1000  # compile.METADATA_VALUE_CHARS
 MAX_TOKENS = 2**62
+KV_KEY_CHARS = 256  # a longer key is not kept
+KV_VALUE_CHARS = 100  # of a top-level value of inputs or outputs (and compared so, compile.py)
 _DEEP = 1 << 30  # a limit no depth reaches
 _OFF = (0, 0)
 TOKEN_COLUMNS = (
@@ -41,6 +55,7 @@ TOKEN_COLUMNS = (
 )
 # Leaf markers: ("meta",) a metadata value; (source, column) a token count or cost.
 _META = ("meta",)
+_NO_IO = (None, None)
 
 
 def _usage(source: int, names: dict[str, str]) -> dict:
@@ -78,11 +93,16 @@ PATHS = {
 }
 
 
-def configure(search_text_chars: int) -> None:
-    """SEARCH_TEXT_CHARS from Settings; 0 leaves inputs untapped."""
-    global SEARCH_TEXT_CHARS, TAPPED
-    SEARCH_TEXT_CHARS = search_text_chars
-    TAPPED = frozenset({"tags", "extra", "outputs", *(("inputs",) if search_text_chars else ())})
+def fields_version() -> int:
+    return 2 if IO_KEYS else QUERY_FIELDS_VERSION
+
+
+def configure(search_text_chars: int, io_keys: int = 0) -> None:
+    """SEARCH_TEXT_CHARS and IO_KEYS from Settings; both 0 leave inputs untapped."""
+    global SEARCH_TEXT_CHARS, IO_KEYS, TAPPED
+    SEARCH_TEXT_CHARS, IO_KEYS = search_text_chars, io_keys
+    tap_inputs = search_text_chars > 0 or io_keys > 0
+    TAPPED = frozenset({"tags", "extra", "outputs", *(("inputs",) if tap_inputs else ())})
 
 
 class Tap:
@@ -100,6 +120,9 @@ class Tap:
         "nodes",
         "trie",
         "text_on",
+        "kv",
+        "kv_key",
+        "io",
     )
 
     def __init__(self) -> None:
@@ -108,6 +131,7 @@ class Tap:
         self.metadata: dict[str, str] = {}
         self.usage: list[dict] | None = None  # per source, in order of precedence, once one is found
         self.texts: list[str] = []
+        self.io: list | tuple = _NO_IO  # inputs' and outputs' top-level keys (IO_KEYS > 0)
 
     def start(self, field: str) -> tuple[int, int]:
         """A tapped field's value begins (an object or array at depth 3): the limits for it."""
@@ -115,10 +139,33 @@ class Tap:
         self.keys, self.nodes = [], []
         self.text_left = SEARCH_TEXT_CHARS  # for each of inputs and outputs
         self.text_on = field in ("inputs", "outputs") and self.text_left > 0
-        self.trie = (0, 3) if field == "tags" else (3, 2) if PATHS[field] else _OFF
+        self.kv = self.kv_key = None
+        if IO_KEYS and field in ("inputs", "outputs"):
+            if self.io is _NO_IO:
+                self.io = [None, None]
+            self.kv = self.io[field == "outputs"] = {}
+            self.trie = (3, 3)
+        else:
+            self.trie = (0, 3) if field == "tags" else (3, 2) if PATHS[field] else _OFF
         return (_DEEP, _DEEP) if self.text_on else self.trie
 
     def key(self, depth: int, key: str) -> tuple[int, int]:
+        if depth == 3:
+            self.kv_key = None
+            kv = self.kv
+            if kv is not None and len(kv) >= IO_KEYS:
+                self.kv = kv = None  # enough: from this key on, the field's paths only
+            if kv is not None:  # a top-level key of inputs or outputs, to keep
+                if len(key) <= KV_KEY_CHARS:
+                    self.kv_key = key = key.replace("\x00", "")
+                    kv.setdefault(key, None)  # its plain value, if it has one, comes next
+                if key not in self.first:  # no path through it: its value only
+                    self.keys, self.nodes, self.trie = [key], [None], (3, 3)
+                    return (_DEEP, _DEEP) if self.text_on else self.trie
+            if self.field == "inputs":  # no path: nothing more (but text, when it is kept)
+                self.trie = _OFF
+        if self.field == "inputs":
+            return (_DEEP, _DEEP) if self.text_on else self.trie
         keys, nodes, i = self.keys, self.nodes, depth - 3
         if len(keys) > i:
             del keys[i:], nodes[i:]
@@ -139,6 +186,15 @@ class Tap:
         return (_DEEP, _DEEP) if self.text_on else self.trie
 
     def scalar(self, depth: int, value: object) -> tuple[int, int]:
+        if depth == 3 and self.kv_key is not None:
+            key, self.kv_key = self.kv_key, None
+            if value is not None:
+                text = (
+                    value
+                    if isinstance(value, str)
+                    else json.dumps(value if isinstance(value, bool | int) else float(value))
+                )
+                self.io[self.field == "outputs"][key] = text[:KV_VALUE_CHARS].replace("\x00", "")
         if self.field == "tags":
             if len(self.tags) < MAX_TAGS and isinstance(value, str):
                 self.tags.append(value[:MAX_TAG_CHARS].replace("\x00", ""))
@@ -209,8 +265,9 @@ class Tap:
             limits[:] = self.scalar(depth, Decimal(repr(item)) if isinstance(item, float) else item)
 
     def columns(self) -> tuple:
-        """The values of the query columns (store/rows.RunRow, ``tags`` to ``search_text``)."""
-        if not (self.tags or self.metadata or self.usage or self.texts):
+        """The values of the query columns (store/rows.RunRow, ``tags`` to ``outputs_kv``)."""
+        inputs, outputs = self.io
+        if not (self.tags or self.metadata or self.usage or self.texts or inputs or outputs):
             return NO_TAP
         usage = next((found for found in self.usage if found), None) if self.usage else None
         if usage is None:
@@ -230,6 +287,8 @@ class Tap:
             json.dumps(self.metadata) if self.metadata else "{}",
             *tokens,
             search_text(self.tags, self.metadata, self.texts),
+            json.dumps(inputs) if inputs else "{}",
+            json.dumps(outputs) if outputs else "{}",
         )
 
 
@@ -240,9 +299,9 @@ def search_text(tags: list[str], metadata: dict[str, str], texts: list[str]) -> 
     return "\n".join([*tags, *metadata.values(), *texts]).replace("\x00", "")
 
 
-NO_TAP = ("[]", "{}", None, None, None, None, None, None, None)
+NO_TAP = ("[]", "{}", None, None, None, None, None, None, None, "{}", "{}")
 
 
 def query_columns(run) -> tuple:
-    """A parsed run's query columns (store/rows.RunRow, from ``tags`` to ``search_text``)."""
+    """A parsed run's query columns (store/rows.RunRow, from ``tags`` to ``outputs_kv``)."""
     return NO_TAP if run.tap is None else run.tap.columns()  # None: no tapped field came

@@ -45,14 +45,18 @@ FIELDS = {
     "completion_cost": Spec("{r}.completion_cost", "number"),
     "total_cost": Spec("{r}.total_cost", "number"),
 }
-# Fields with comparators of their own (compile.py): tags, metadata, metadata_key, metadata_value.
-SPECIAL = ("tags", "metadata", "metadata_key", "metadata_value", "feedback_key", "feedback_score")
+# Key/value fields: the jsonb column of (key, text) pairs each one reads, and which side.
+PAIRS = {
+    "metadata_key": ("metadata", "key"),
+    "metadata_value": ("metadata", "value"),
+    "input_key": ("inputs_kv", "key"),
+    "input_value": ("inputs_kv", "value"),
+    "output_key": ("outputs_kv", "key"),
+    "output_value": ("outputs_kv", "value"),
+}
+# Fields with comparators of their own (compile.py).
+SPECIAL = ("tags", "metadata", *PAIRS, "feedback_key", "feedback_score", "feedback_value")
 NOT_SERVED = {
-    "feedback_value": "feedback values are not indexed; use feedback_key and feedback_score",
-    "input_key": "inputs are not indexed by key; use search()",
-    "input_value": "inputs are not indexed by key; use search()",
-    "output_key": "outputs are not indexed by key; use search()",
-    "output_value": "outputs are not indexed by key; use search()",
     "first_token_time": "first_token_time is not kept in a column",
     "thread_id": "threads are not kept by this server",
 }

@@ -20,17 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from handler.base.errors import RunError
 from handler.query.scopes import Filters
-from handler.read.query import (
-    _flag,
-    _moment,
-    _uuid,
-    _uuids,
-    after_cursor,
-    encode_cursor,
-    json_value,
-    one_of,
-)
-from handler.runs.schema import RUN_TYPES
+from handler.read.query import _flag, _moment, _uuids, encode_cursor, json_value, one_of, run_clauses
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -127,6 +117,16 @@ KNOWN = frozenset(
         *UNSERVED,
     }
 )
+# This body's names for the fields every read understands (read/query.RUN_CLAUSES).
+V2_NAMES = {
+    "ids": "ids",
+    "reference_examples": "reference_examples",
+    "trace_id": "trace",
+    "run_type": "run_type",
+    "is_root": "is_root",
+    "has_error": "has_error",
+    "cursor": "cursor",
+}
 _DOTTED_ID = re.compile(r"Z([0-9a-fA-F-]{36})")
 
 
@@ -177,32 +177,12 @@ class QueryV2:
         )
         high = _moment(given["max_start_time"], "max_start_time") if "max_start_time" in given else now
         add(f"{_ORDER_KEY} >= %s AND {_ORDER_KEY} <= %s", low, high)
-        if "ids" in given:
-            add("id = ANY(%s::uuid[])", _uuids(given["ids"], "ids"))
-        if "reference_examples" in given:
-            add(
-                "reference_example_id = ANY(%s::uuid[])",
-                _uuids(given["reference_examples"], "reference_examples"),
-            )
-        if "trace_id" in given:
-            add("trace_id = %s::uuid", _uuid(given["trace_id"], "trace_id"))
-        if "run_type" in given:
-            if given["run_type"] not in RUN_TYPES:
-                raise RunError(400, f"run_type must be one of {', '.join(sorted(RUN_TYPES))}")
-            add("run_type = %s", given["run_type"])
-        if "is_root" in given:
-            add(
-                "parent_run_id IS NULL" if _flag(given["is_root"], "is_root") else "parent_run_id IS NOT NULL"
-            )
-        if "has_error" in given:
-            add("status = 'error'" if _flag(given["has_error"], "has_error") else "status <> 'error'")
         if "include_subtree_usage" in given and _flag(
             given["include_subtree_usage"], "include_subtree_usage"
         ):
             raise RunError(400, "include_subtree_usage: subtree totals are not computed by this server")
-        if "cursor" in given:
-            clause, values = after_cursor(given["cursor"])
-            add(clause.removeprefix(" AND "), *values)
+        for clause, values in run_clauses(given, V2_NAMES):
+            add(clause, *values)
         where.extend(filters.clauses)
         params.extend(filters.params)
         size = given.get("page_size", DEFAULT_PAGE)

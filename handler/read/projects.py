@@ -12,6 +12,25 @@ from handler.retention import handlers as retention
 from handler.runs.schema import UUID_TEXT
 
 
+async def create_project(db, tenant: str, body: bytes, upsert: bool) -> tuple[bool, tuple]:
+    """POST /sessions's body made a project (True), or, with ``upsert``, updated the one of that
+    name (False): its row. 409 when it exists and ``upsert`` is not asked."""
+    name, description, extra, retention = sessions.new_project(body)
+    extra_json = None if extra is None else json.dumps(extra)
+    session_id = str(sessions.session_id_for(tenant, name))
+    policy = [retention.get(field) for field in sessions.RETENTION_FIELDS]
+    rows = await db.fetch(sessions.CREATE, (tenant, session_id, name, description, extra_json, *policy))
+    if rows:
+        return True, rows[0]
+    if not upsert:
+        raise RunError(409, f"a project named {name!r} already exists")
+    rows = await db.fetch(
+        sessions.update_sql("tenant = %s AND name = %s", retention),
+        (description, extra_json, *retention.values(), tenant, name),
+    )
+    return False, rows[0]
+
+
 class SessionsHandler(JSONHandler):
     """GET /sessions: a tenant's projects (a JSON array, as LangSmith answers). POST /sessions:
     create one (``?upsert=true``: or update the one of that name)."""
@@ -36,25 +55,12 @@ class SessionsHandler(JSONHandler):
             return
         upsert = self.get_query_argument("upsert", "false").lower() == "true"
         try:
-            name, description, extra, retention = sessions.new_project(self.request.body)
-            extra_json = None if extra is None else json.dumps(extra)
-            session_id = str(sessions.session_id_for(tenant, name))
-            policy = [retention.get(field) for field in sessions.RETENTION_FIELDS]
-            rows = await self.db.fetch(
-                sessions.CREATE, (tenant, session_id, name, description, extra_json, *policy)
-            )
-            if rows:
-                self.set_status(201)
-            elif upsert:
-                rows = await self.db.fetch(
-                    sessions.update_sql("tenant = %s AND name = %s", retention),
-                    (description, extra_json, *retention.values(), tenant, name),
-                )
-            else:
-                raise RunError(409, f"a project named {name!r} already exists")
+            created, row = await create_project(self.db, tenant, self.request.body, upsert)
         except RunError as e:
             return self.fail(e)
-        self.finish(sessions.session_json(tenant, rows[0]))
+        if created:
+            self.set_status(201)
+        self.finish(sessions.session_json(tenant, row))
 
 
 class SessionHandler(JSONHandler):

@@ -146,6 +146,60 @@ def after_cursor(cursor: object) -> tuple[str, tuple]:
     return f" AND ({_ORDER_KEY}, id) < (coalesce(%s::timestamptz, '-infinity'), %s::uuid)", (start, run_id)
 
 
+def _run_type(value: object, name: str) -> tuple[str, tuple]:
+    if not isinstance(value, str) or value not in RUN_TYPES:
+        raise RunError(400, f"{name} must be one of {', '.join(sorted(RUN_TYPES))}")
+    return "run_type = %s", (value,)
+
+
+def _yes_no(yes: str, no: str):
+    return lambda value, name: (yes if _flag(value, name) else no, ())
+
+
+def _any_of(column: str):
+    return lambda value, name: (f"{column} = ANY(%s::uuid[])", (_uuids(value, name),))
+
+
+def _one(column: str):
+    return lambda value, name: (f"{column} = %s::uuid", (_uuid(value, name),))
+
+
+def _after(value: object, name: str) -> tuple[str, tuple]:
+    clause, values = after_cursor(value)
+    return clause.removeprefix(" AND "), values
+
+
+# What a request's field means for the rows, once for every read (/runs/query, /api/v2/runs/query,
+# /api/v2/traces/...): meaning -> (value, the request's name for it) -> (clause, params).
+RUN_CLAUSES = {
+    "ids": _any_of("id"),
+    "reference_examples": _any_of("reference_example_id"),
+    "trace": _one("trace_id"),
+    "traces": _any_of("trace_id"),
+    "parent_run": _one("parent_run_id"),
+    "run_type": _run_type,
+    "is_root": _yes_no("parent_run_id IS NULL", "parent_run_id IS NOT NULL"),
+    "has_error": _yes_no("status = 'error'", "status <> 'error'"),
+    "cursor": _after,
+}
+# POST /runs/query's names for them.
+V1_NAMES = {
+    "id": "ids",
+    "reference_example": "reference_examples",
+    "trace": "trace",
+    "parent_run": "parent_run",
+    "run_type": "run_type",
+    "is_root": "is_root",
+    "error": "has_error",
+    "cursor": "cursor",
+}
+
+
+def run_clauses(given: dict, names: dict[str, str]) -> list[tuple[str, tuple]]:
+    """The WHERE clauses of the fields of ``given`` that ``names`` maps to a RUN_CLAUSES meaning."""
+    return [RUN_CLAUSES[meaning](given[name], name) for name, meaning in names.items() if name in given]
+
+
 class Query:
     """A checked POST /runs/query body: the SQL that answers it and what to select."""
 
@@ -168,33 +222,11 @@ class Query:
         for key in ("session", "session_id"):
             if key in given:
                 add(*one_of("session_id", _uuids(given[key], key)))
-        if "id" in given:
-            add("id = ANY(%s::uuid[])", _uuids(given["id"], "id"))
-        if "reference_example" in given:
-            add(
-                "reference_example_id = ANY(%s::uuid[])",
-                _uuids(given["reference_example"], "reference_example"),
-            )
-        if "trace" in given:
-            add("trace_id = %s::uuid", _uuid(given["trace"], "trace"))
-        if "parent_run" in given:
-            add("parent_run_id = %s::uuid", _uuid(given["parent_run"], "parent_run"))
-        if "run_type" in given:
-            if not isinstance(given["run_type"], str) or given["run_type"] not in RUN_TYPES:
-                raise RunError(400, f"run_type must be one of {', '.join(sorted(RUN_TYPES))}")
-            add("run_type = %s", given["run_type"])
-        if "is_root" in given:
-            add(
-                "parent_run_id IS NULL" if _flag(given["is_root"], "is_root") else "parent_run_id IS NOT NULL"
-            )
-        if "error" in given:
-            add("status = 'error'" if _flag(given["error"], "error") else "status <> 'error'")
         if "start_time" in given:
             # On the order key, so that the project's index answers both the range and the order.
             add(f"{_ORDER_KEY} >= %s", _moment(given["start_time"], "start_time"))
-        if "cursor" in given:
-            clause, values = after_cursor(given["cursor"])
-            add(clause.removeprefix(" AND "), *values)
+        for clause, values in run_clauses(given, V1_NAMES):
+            add(clause, *values)
         where.extend(filters.clauses)
         params.extend(filters.params)
         limit = given.get("limit", DEFAULT_PAGE)

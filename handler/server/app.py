@@ -9,7 +9,7 @@ from handler.feedback import handlers as feedback
 from handler.otel import handlers as otel
 from handler.query import extract
 from handler.query import handlers as query_v2
-from handler.read import projects, query
+from handler.read import projects, projects_v2, query
 from handler.retention import handlers as retention
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
@@ -29,7 +29,7 @@ def make_app(
     budget: Budget | None = None,
 ) -> tornado.web.Application:
     """The routes; ``budget`` is the memory all ingesting requests share (one per process)."""
-    extract.configure(settings.search_text_chars)
+    extract.configure(settings.search_text_chars, settings.io_keys)
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     budget = budget or Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
     ingest_deps = {**deps, "in_flight": in_flight or InFlight(), "budget": budget}
@@ -38,6 +38,7 @@ def make_app(
             *query.routes(deps),
             *query_v2.routes(deps),
             *projects.routes(deps),
+            *projects_v2.routes(deps),
             *retention.routes(deps),
             *ui.routes(deps),
             *runs.routes(ingest_deps),

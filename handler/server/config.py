@@ -75,6 +75,8 @@ class Settings:
     query_timeout_ms: int = 5000  # a filtered read is stopped after this (handler/query/)
     # Of inputs' and of outputs' text, kept for search() (handler/query/extract.py).
     search_text_chars: int = 0
+    # Top-level keys of inputs and of outputs kept for input_key / output_key ... (extract.py).
+    io_keys: int = 0
     header_timeout: float = 60
     keepalive_timeout: float = 75
     max_connections: int = 0  # 0: derived from the open-file limit (handler/server/connections.py)
@@ -149,6 +151,8 @@ class Settings:
             raise SystemExit("run-handler: QUERY_TIMEOUT_MS must be at least 1")
         if not 0 <= get_int("SEARCH_TEXT_CHARS", 0) <= 1_000_000:
             raise SystemExit("run-handler: SEARCH_TEXT_CHARS must be from 0 to 1000000")
+        if not 0 <= get_int("IO_KEYS", 0) <= 100:
+            raise SystemExit("run-handler: IO_KEYS must be from 0 to 100")
         for name in ("HEADER_TIMEOUT", "KEEPALIVE_TIMEOUT", "MAX_CONNECTIONS", "LINGER_MAX_SECONDS"):
             if get_int(name, 0) < 0:
                 raise SystemExit(f"run-handler: {name} cannot be negative")
@@ -205,6 +209,7 @@ class Settings:
             workers=workers,
             query_timeout_ms=get_int("QUERY_TIMEOUT_MS", 5000),
             search_text_chars=get_int("SEARCH_TEXT_CHARS", 0),
+            io_keys=get_int("IO_KEYS", 0),
             header_timeout=get_int("HEADER_TIMEOUT", 60),
             keepalive_timeout=get_int("KEEPALIVE_TIMEOUT", 75),
             max_connections=get_int("MAX_CONNECTIONS", 0),

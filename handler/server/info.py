@@ -9,9 +9,11 @@ The SDKs compare ``version`` with fixed versions (langsmith 0.15.1 Python, 0.12.
   below 0.16.14, the v2 ``sessions`` below 0.18.0.
 LANGSMITH_VERSION is 0.16.0: multipart feedback, and no warning for the four resources the issue
 names. What those resources call (``/api/v1/...``, ``/api/v2/...``) is not served here, but for
-``client.runs.query`` and ``retrieve`` (handler/query/, routed before this): it answers
+``client.runs.query`` / ``retrieve``, ``client.traces.query`` / ``list_runs`` (handler/query/) and
+the v2 ``client.sessions`` calls (handler/read/projects_v2.py), routed before this: it answers
 501 with ``x-should-retry: false`` (below), which no SDK retries. Annotation queues and the v2
-sessions still warn, truthfully.
+sessions still warn (the SDK asks 0.18.0 for the latter; raising the version would claim the rest
+of 0.18 too).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class InfoHandler(JSONHandler):
 
 class NotImplementedHandler(JSONHandler):
     """``/api/v1/...`` and ``/api/v2/...``: the LangSmith API the SDKs' generated resources call
-    (``traces``, ``threads``, ``datasets``, ...), which this server does not implement (but for
-    ``/api/v2/runs/query`` and ``/api/v2/runs/{id}``, handler/query/). 501 at once, never a 404 or a
+    (``threads``, ``datasets``, ...), which this server does not implement (but for the v2 runs,
+    traces and sessions routed before this). 501 at once, never a 404 or a
     5xx they would retry: their httpx client retries every 5xx unless told ``x-should-retry:
     false``; the hand-written clients do not retry a 501."""
 
@@ -64,7 +66,8 @@ class NotImplementedHandler(JSONHandler):
         self.finish(
             {
                 "error": f"{what} is LangSmith's API, which this server does not implement; it serves"
-                " /runs, /runs/multipart, /runs/batch, /runs/query, /feedback, /sessions and /info"
+                " /runs, /runs/multipart, /runs/batch, /runs/query, /feedback, /sessions, /info and of"
+                " /api/v2 the runs, traces and sessions calls"
                 " (see /openapi.json)"
             }
         )

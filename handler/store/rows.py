@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from handler.query.extract import QUERY_FIELDS_VERSION, query_columns
+from handler.query.extract import QUERY_FIELDS_VERSION, fields_version, query_columns
 from handler.runs.schema import Run
 from handler.store.objects import Location
 
@@ -45,6 +45,8 @@ class RunRow(NamedTuple):
     completion_cost: str | None = None
     total_cost: str | None = None
     search_text: str | None = None
+    inputs_kv: str = "{}"  # JSON (schema/0010)
+    outputs_kv: str = "{}"
     query_fields: int | None = QUERY_FIELDS_VERSION
 
     @classmethod
@@ -68,6 +70,7 @@ class RunRow(NamedTuple):
             location.offset,
             run.error,
             *query_columns(run),
+            fields_version(),
         )
 
     @property
@@ -143,6 +146,8 @@ _TYPES = {
     "prompt_cost": "numeric",
     "completion_cost": "numeric",
     "total_cost": "numeric",
+    "inputs_kv": "jsonb",
+    "outputs_kv": "jsonb",
     "query_fields": "smallint",
 }
 COLUMNS = ", ".join(RunRow._fields)
