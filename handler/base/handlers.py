@@ -42,6 +42,11 @@ class JSONHandler(tornado.web.RequestHandler):
         except (ValueError, UnicodeError):
             raise RunError(400, "body must be a JSON object") from None
 
+    def query_args(self) -> dict[str, list[str]]:
+        """The query string's arguments, each name with all its values, as text (bytes that are
+        not UTF-8 become U+FFFD, for the checks to refuse rather than fail on)."""
+        return {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.query_arguments.items()}
+
     def fail(self, error: RunError) -> None:
         if error.status >= 500:
             log.error("%s %s -> %d: %s", self.request.method, self.request.path, error.status, error.reason)

@@ -117,7 +117,7 @@ class TraceRunsHandler(JSONHandler):
         tenant = self.authenticate()
         if tenant is None:
             return
-        args = {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.query_arguments.items()}
+        args = self.query_args()
         try:
             refuse_streaming(self)
             query = TraceRuns(tenant, trace_id, args)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from handler.base.errors import RunError
 from handler.query.scopes import Filters
-from handler.query.v2 import _ORDER_KEY, DEFAULT_WINDOW, ROW_COLUMNS, selects_of
+from handler.query.v2 import _ORDER_KEY, DEFAULT_WINDOW, ROW_COLUMNS, checked_body, selects_of
 from handler.read.query import _moment, _uuid, run_clauses
 
 MAX_PAGE = 100
@@ -55,24 +55,11 @@ AGGREGATES = (
 )
 
 
-def _checked(body: object) -> dict:
-    if not isinstance(body, dict):
-        raise RunError(400, "body must be a JSON object")
-    unknown = sorted(k for k in body if k not in KNOWN)
-    if unknown:
-        raise RunError(400, f"unsupported query fields: {', '.join(unknown)}")
-    given = {k: v for k, v in body.items() if v is not None}
-    for key, reason in UNSERVED.items():
-        if key in given:
-            raise RunError(400, f"{key}: {reason}")
-    return given
-
-
 class TracesQuery:
     """A checked POST /api/v2/traces/query body: the SQL of its root runs and what each item holds."""
 
     def __init__(self, tenant: str, body: object, now: datetime | None = None) -> None:
-        given = _checked(body)
+        given = checked_body(body, KNOWN, UNSERVED)
         if "project_id" not in given:
             raise RunError(400, "project_id is required")
         project = _uuid(given["project_id"], "project_id")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 from handler.base.errors import RunError
@@ -145,19 +146,26 @@ def selects_of(value: object) -> list[str]:
     return list(dict.fromkeys(["ID", *value]))
 
 
+def checked_body(body: object, known: Collection[str], unserved: dict[str, str]) -> dict:
+    """A v2 query body's fields that are given (not null): 400 for a field it does not know, or
+    one it knows but does not serve (``unserved``: field -> why)."""
+    if not isinstance(body, dict):
+        raise RunError(400, "body must be a JSON object")
+    unknown = sorted(k for k in body if k not in known)
+    if unknown:
+        raise RunError(400, f"unsupported query fields: {', '.join(unknown)}")
+    given = {k: v for k, v in body.items() if v is not None}
+    for key, reason in unserved.items():
+        if key in given:
+            raise RunError(400, f"{key}: {reason}")
+    return given
+
+
 class QueryV2:
     """A checked POST /api/v2/runs/query body: its SQL and what each run of the answer holds."""
 
     def __init__(self, tenant: str, body: object, now: datetime | None = None) -> None:
-        if not isinstance(body, dict):
-            raise RunError(400, "body must be a JSON object")
-        unknown = sorted(k for k in body if k not in KNOWN)
-        if unknown:
-            raise RunError(400, f"unsupported query fields: {', '.join(unknown)}")
-        given = {k: v for k, v in body.items() if v is not None}
-        for key, reason in UNSERVED.items():
-            if key in given:
-                raise RunError(400, f"{key}: {reason}")
+        given = checked_body(body, KNOWN, UNSERVED)
         if "project_ids" not in given:
             raise RunError(400, "project_ids is required")
         filters = Filters(given)

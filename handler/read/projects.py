@@ -41,7 +41,7 @@ class SessionsHandler(JSONHandler):
         tenant = self.authenticate()
         if tenant is None:
             return
-        args = {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.query_arguments.items()}
+        args = self.query_args()
         try:
             rows = await self.db.fetch(*sessions.list_sql(tenant, args))
         except RunError as e:

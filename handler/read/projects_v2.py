@@ -247,7 +247,7 @@ class SessionsV2Handler(JSONHandler):
         tenant = self.authenticate()
         if tenant is None:
             return
-        args = {k: [v.decode(errors="replace") for v in vs] for k, vs in self.request.query_arguments.items()}
+        args = self.query_args()
         try:
             sql, params, sort, order, size = list_sql(tenant, args)
             rows = await self.db.fetch(sql, params)
