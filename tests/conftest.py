@@ -10,6 +10,7 @@ object; pytest-tornado imports ``pkg_resources``, so the ``test`` extra pins set
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -99,6 +100,31 @@ class FreshConnections:
                 yield cur
         finally:
             conn.close()
+
+
+@contextlib.contextmanager
+def scratch_database(settings: Settings, suffix: str, before: str | None = None):
+    """Settings of a database of its own for a migration test (``<DB_NAME><suffix>``), made empty,
+    migrated up to the migration ``before`` when one is named, and dropped afterwards."""
+    from yoyo import get_backend, read_migrations
+
+    from handler.store.migrations import SCHEMA_DIR
+
+    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}{suffix}")
+    admin = FreshConnections(settings)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
+        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
+    try:
+        if before is not None:
+            backend = get_backend(scratch.db_url)
+            with backend.lock():
+                earlier = read_migrations(str(SCHEMA_DIR)).filter(lambda m: m.id < before)
+                backend.apply_migrations(backend.to_apply(earlier))
+        yield scratch
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

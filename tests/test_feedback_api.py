@@ -14,7 +14,6 @@ The server writes to a bucket and a tenant of this module's own, removed at the 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 
@@ -25,7 +24,7 @@ from handler.store import outcome
 from handler.store.db import Database
 from handler.store.migrations import migrate, rollback_last
 from tests.client import HttpClient, Response
-from tests.conftest import FreshConnections
+from tests.conftest import FreshConnections, scratch_database
 from tests.reset_env import empty_bucket
 from tests.runs import split
 from tests.server import start_server
@@ -440,12 +439,7 @@ def test_a_broken_commit_with_nothing_to_count_is_never_taken_as_done(settings):
 
 
 def test_the_feedback_migration_rolls_back_and_applies_again(settings):
-    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_feedback")
-    admin = FreshConnections(settings)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
-        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
-    try:
+    with scratch_database(settings, "_feedback") as scratch:
         migrate(scratch)
         with FreshConnections(scratch).cursor() as cur:
 
@@ -465,6 +459,3 @@ def test_the_feedback_migration_rolls_back_and_applies_again(settings):
             cur.execute("SELECT to_regclass('runs') IS NOT NULL")
             assert cur.fetchone()[0]  # the runs stay
             assert migrate(scratch) == rolled_back and has_table()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')

@@ -8,7 +8,6 @@ Retention's deletes are checked in tests/test_retention.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -263,18 +262,9 @@ def test_the_migration_fills_the_rollup_from_existing_runs_and_rolls_back(settin
     from yoyo import get_backend, read_migrations
 
     from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
-    from tests.conftest import FreshConnections
+    from tests.conftest import FreshConnections, scratch_database
 
-    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_rollup_migration")
-    admin = FreshConnections(settings)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
-        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
-    try:
-        backend = get_backend(scratch.db_url)
-        with backend.lock():
-            earlier = read_migrations(str(SCHEMA_DIR)).filter(lambda m: m.id < "0009_monitor_rollup")
-            backend.apply_migrations(backend.to_apply(earlier))
+    with scratch_database(settings, "_rollup_migration", before="0009_monitor_rollup") as scratch:
         with FreshConnections(scratch).cursor() as cur:
             session, root, other = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
             for run_id, trace, parent, end, status, posted, tokens in (
@@ -307,9 +297,6 @@ def test_the_migration_fills_the_rollup_from_existing_runs_and_rolls_back(settin
             cur.execute("TRUNCATE runs CASCADE")  # nothing does it, but the rollup would follow
             cur.execute("SELECT count(*) FROM runs_hourly")
             assert cur.fetchone()[0] == 0
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
 
 
 def test_concurrent_writers_of_one_project_keep_it_right(client, db, api_project):

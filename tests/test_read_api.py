@@ -7,19 +7,18 @@ SDK; another tenant's key must see none of it.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 
 import pytest
 from langsmith import Client, traceable, tracing_context
 from langsmith.utils import LangSmithConflictError, LangSmithError, LangSmithNotFoundError
-from yoyo import get_backend, read_migrations
+from yoyo import read_migrations
 
 from handler.read.sessions import session_id_for
 from handler.server.auth import hash_key
 from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
-from tests.conftest import FreshConnections
+from tests.conftest import FreshConnections, scratch_database
 from tests.server import start_server
 
 KEY, OTHER_KEY = "reader-key", "other-tenant-key"
@@ -218,16 +217,8 @@ def test_queries_a_client_gets_wrong_are_400(server):
 def test_the_migration_gives_older_runs_their_projects(settings):
     """Rows written before 0005 get the project ids that ingestion derives (the SQL uuid3 matches
     Python's), and their projects exist."""
-    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_sessions")
-    admin = FreshConnections(settings)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
-        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
-    try:
-        backend = get_backend(scratch.db_url)
+    with scratch_database(settings, "_sessions", before="0005_sessions") as scratch:
         migrations = read_migrations(str(SCHEMA_DIR))
-        with backend.lock():
-            backend.apply_migrations(backend.to_apply(migrations.filter(lambda m: m.id < "0005_sessions")))
         with FreshConnections(scratch).cursor() as cur:
             insert = (
                 "INSERT INTO runs (tenant, id, trace_id, name, object_key, size_bytes, session_name)"
@@ -245,6 +236,3 @@ def test_the_migration_gives_older_runs_their_projects(settings):
             cur.execute("SELECT count(*) FROM runs WHERE session_id IS NULL")
             assert cur.fetchone()[0] == 0
             assert rollback_last(scratch) == 1 and migrate(scratch) == 1
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')

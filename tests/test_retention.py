@@ -25,7 +25,7 @@ import pytest
 
 from handler.server.auth import hash_key
 from handler.server.config import REPO_ROOT
-from tests.conftest import FreshConnections
+from tests.conftest import FreshConnections, scratch_database
 from tests.reset_env import empty_bucket
 from tests.rollup import assert_rollup_right
 from tests.server import start_server
@@ -606,16 +606,7 @@ def test_the_migration_counts_existing_runs_and_rolls_back(settings):
 
     from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
 
-    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_retention_migration")
-    admin = FreshConnections(settings)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
-        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
-    try:
-        backend = get_backend(scratch.db_url)
-        with backend.lock():
-            earlier = read_migrations(str(SCHEMA_DIR)).filter(lambda m: m.id < "0008_retention")
-            backend.apply_migrations(backend.to_apply(earlier))
+    with scratch_database(settings, "_retention_migration", before="0008_retention") as scratch:
         with FreshConnections(scratch).cursor() as cur:
             session = str(uuid.uuid4())
             for size, posted in ((10, True), (20, True), (5, False)):
@@ -638,9 +629,6 @@ def test_the_migration_counts_existing_runs_and_rolls_back(settings):
             cur.execute("SELECT count(*) FROM runs")
             assert cur.fetchone()[0] == 3
             assert migrate(scratch) >= 1
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
 
 
 def test_feedback_moves_its_trace_to_the_long_tier(rserver, env):

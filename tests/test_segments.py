@@ -8,7 +8,6 @@ compaction rewrites mostly-dead segments without changing a byte of any run.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 import uuid
@@ -19,7 +18,7 @@ from handler.server.config import REPO_ROOT, Settings
 from handler.store.db import Database
 from handler.store.migrations import SCHEMA_DIR, migrate, rollback_last
 from tests.client import HttpClient
-from tests.conftest import FreshConnections, Store
+from tests.conftest import FreshConnections, Store, scratch_database
 from tests.runs import batch, run, split
 from tests.server import Server, run_handler, start_server
 from tests.test_ops import wait_for_log
@@ -248,12 +247,7 @@ def test_compaction_leaves_runs_that_moved_meanwhile_where_they_are(client, stor
 
 
 def test_the_segments_migration_rolls_back_only_without_packed_runs(settings):
-    scratch = dataclasses.replace(settings, db_name=f"{settings.db_name}_rollback")
-    admin = FreshConnections(settings)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}"')
-        cur.execute(f'CREATE DATABASE "{scratch.db_name}"')
-    try:
+    with scratch_database(settings, "_rollback") as scratch:
         migrate(scratch)
         with FreshConnections(scratch).cursor() as cur:
             insert = (
@@ -272,9 +266,6 @@ def test_the_segments_migration_rolls_back_only_without_packed_runs(settings):
             cur.execute("SELECT count(*) FROM runs")
             assert cur.fetchone()[0] == 1
         assert migrate(scratch) == 1 + len(later)  # and the migrations apply again
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{scratch.db_name}" WITH (FORCE)')
 
 
 def _migrations() -> list[str]:
