@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from handler.base.errors import RunError
 from handler.query.scopes import Filters
-from handler.query.v2 import _ORDER_KEY, DEFAULT_WINDOW, ROW_COLUMNS, checked_body, selects_of
+from handler.query.v2 import _ORDER_KEY, DEFAULT_WINDOW, ROW_COLUMNS, checked_body, page_size, selects_of
 from handler.read.query import _moment, _uuid, run_clauses
 
 MAX_PAGE = 100
@@ -80,16 +80,13 @@ class TracesQuery:
             params.extend(values)
         where.extend(filters.clauses)
         params.extend(filters.params)
-        size = given.get("page_size", DEFAULT_PAGE)
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE:
-            raise RunError(400, f"page_size must be an integer from 1 to {MAX_PAGE}")
-        self.page_size = size
+        self.page_size = page_size(given, DEFAULT_PAGE, MAX_PAGE)
         selects = selects_of(given.get("selects"))
         self.aggregates = [s for s in selects if s in AGGREGATE_SELECTS]
         self.selects = [s for s in selects if s not in AGGREGATE_SELECTS]
         order = f"ORDER BY {_ORDER_KEY} DESC, id DESC"
         self.sql = f"SELECT {ROW_COLUMNS} FROM runs AS r WHERE {' AND '.join(where)} {order} LIMIT %s"
-        self.params = (*params, size + 1)
+        self.params = (*params, self.page_size + 1)
 
 
 def aggregates_json(selected: list[str], sums: tuple | None) -> dict:

@@ -161,6 +161,14 @@ def checked_body(body: object, known: Collection[str], unserved: dict[str, str])
     return given
 
 
+def page_size(given: dict, default: int, most: int) -> int:
+    """A v2 body's ``page_size``: an integer from 1 to ``most``, ``default`` when not given."""
+    size = given.get("page_size", default)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= most:
+        raise RunError(400, f"page_size must be an integer from 1 to {most}")
+    return size
+
+
 class QueryV2:
     """A checked POST /api/v2/runs/query body: its SQL and what each run of the answer holds."""
 
@@ -193,14 +201,11 @@ class QueryV2:
             add(clause, *values)
         where.extend(filters.clauses)
         params.extend(filters.params)
-        size = given.get("page_size", DEFAULT_PAGE)
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE:
-            raise RunError(400, f"page_size must be an integer from 1 to {MAX_PAGE}")
-        self.page_size = size
+        self.page_size = page_size(given, DEFAULT_PAGE, MAX_PAGE)
         self.selects = selects_of(given.get("selects"))
         order = f"ORDER BY {_ORDER_KEY} DESC, id DESC"
         self.sql = f"SELECT {ROW_COLUMNS} FROM runs AS r WHERE {' AND '.join(where)} {order} LIMIT %s"
-        self.params = (*params, size + 1)
+        self.params = (*params, self.page_size + 1)
 
 
 def payload_fields(selects: list[str]) -> list[str]:

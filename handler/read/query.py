@@ -22,6 +22,7 @@ from decimal import Decimal
 from handler.base.errors import RunError
 from handler.base.handlers import JSONHandler
 from handler.feedback.store import stats as feedback_stats
+from handler.query.extract import TOKEN_COLUMNS
 from handler.query.scopes import Filters
 from handler.runs.schema import RUN_TYPES, UUID_TEXT
 from handler.store.objects import Location, ObjectGone
@@ -46,12 +47,7 @@ COLUMNS = (
     "reference_example_id",
     "status",
     "error",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "prompt_cost",
-    "completion_cost",
-    "total_cost",
+    *TOKEN_COLUMNS,
 )
 ALWAYS = ("id", "name", "run_type", "start_time", "trace_id")
 PAYLOAD_FIELDS = frozenset({"inputs", "outputs", "extra", "events", "tags", "serialized"})
