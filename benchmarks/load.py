@@ -56,7 +56,7 @@ from benchmarks import sdk_shaped
 from benchmarks.cpu import _children, machine_cpu, process_cpu, services, tree_cpu
 from benchmarks.rss_stream import status_kb
 from handler.server.config import Settings
-from tests.client import HttpClient
+from tests.client import HttpClient, KeepAliveClient
 from tests.nginx import Nginx, start_nginx
 from tests.reset_env import s3_client
 from tests.runs import with_id
@@ -185,6 +185,7 @@ class ClientStats:
     retried: int = 0  # batches sent again after a worker was killed under them (--kill-worker-after)
     # Of those, runs the killed worker had committed before it could answer (the retry's 409).
     unanswered_runs: int = 0
+    connections: int = 0  # opened by a client that keeps them alive
     messages: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     done_at: list[tuple[float, int]] = field(default_factory=list)  # (time, runs) per acked batch
@@ -224,10 +225,13 @@ def client_loop(
     stats: ClientStats,
     retries: int = 0,
     sdk_kb: float | None = None,
+    keep_alive: bool = True,
 ) -> None:
-    """``sdk_kb``: send SDK-shaped requests (sdk_shaped.py) with runs of about that many KB."""
+    """``sdk_kb``: send SDK-shaped requests (sdk_shaped.py) with runs of about that many KB.
+    ``keep_alive``: one connection for every request while the server keeps it, as the SDKs' HTTP
+    pools do; otherwise a new connection for each request."""
     rng = random.Random(seed * 1000 + index)
-    client = HttpClient(*target)
+    client = KeepAliveClient(*target) if keep_alive else HttpClient(*target)
     seq = 0
     post_args: tuple = ("/runs", "application/json", None)
     status = 201
@@ -303,6 +307,9 @@ def client_loop(
                 Sample(r, own, got, sdk_kb is not None)
                 for r, own, got in zip(runs, own_ids, ids, strict=True)
             )
+    if keep_alive:
+        stats.connections = client.connections
+        client.close()
 
 
 def rss_monitor(rss, stop: threading.Event, max_samples: int, out: list[tuple[float, int]]) -> None:
@@ -429,6 +436,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", type=int, default=1, help="servers started; more than 1: behind nginx")
     parser.add_argument("--url", help="send to this running server instead of starting one")
     parser.add_argument("--kill-worker-after", type=float, help="kill -9 one worker this many seconds in")
+    parser.add_argument(
+        "--new-connection-per-request",
+        action="store_true",
+        help="open a new connection for every request (default: keep each client's connection alive)",
+    )
     args = parser.parse_args(argv)
     if args.kill_worker_after is not None and (args.url or args.workers == 1):
         parser.error("--kill-worker-after needs a server started here with --workers 0 or more than 1")
@@ -603,6 +615,7 @@ def run_load(args: argparse.Namespace) -> dict:
                     stats[i],
                     retries,
                     args.run_kb if args.sdk else None,
+                    not args.new_connection_per_request,
                 ),
                 daemon=True,
             )
@@ -680,6 +693,8 @@ def run_load(args: argparse.Namespace) -> dict:
             f"runs per client        min {min(per_client)}, median {statistics.median(per_client):.0f}, "
             f"max {max(per_client)}"
         )
+        if not args.new_connection_per_request:
+            print(f"connections opened     {sum(s.connections for s in stats)} (kept alive between requests)")
         print(f"errors                 {errors}")
         for m in messages[:MAX_ERROR_MESSAGES]:
             print(f"    {m}")
