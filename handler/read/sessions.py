@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from functools import lru_cache
 
 from handler.base.errors import RunError
 from handler.retention import policy
@@ -31,11 +32,13 @@ UPSERT = (
 )
 
 
+@lru_cache(maxsize=1024)  # pure, and asked for every request
 def tenant_id(tenant: str) -> uuid.UUID:
     """The UUID that stands for a tenant (the SDK's ``tenant_id``)."""
     return uuid.uuid3(_TENANTS, f"run-handler:tenant:{tenant}")
 
 
+@lru_cache(maxsize=4096)
 def session_id_for(tenant: str, name: str) -> uuid.UUID:
     return uuid.uuid3(tenant_id(tenant), name)
 
