@@ -133,6 +133,11 @@ benchmark: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.otlp | tee .benchmarks/otlp.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.latency | tee .benchmarks/latency.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.row_write | tee .benchmarks/row_write.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 1 \
+		--variant "group commit off" "GROUP_MAX_BYTES=0" --variant "on (default)" "" \
+		| tee .benchmarks/cpu_profile.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 100 | tee -a .benchmarks/cpu_profile.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --sdk | tee -a .benchmarks/cpu_profile.txt
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup

@@ -4,7 +4,7 @@
 
 Reads the newest ``.benchmarks/*/*.json`` that pytest-benchmark saved, and, when present,
 ``.benchmarks/put_cpu.txt``, ``splitter_cpu.txt``, ``segment_sizes.txt``, ``monitor_query.txt``,
-``ingest_cpu.txt``, ``query_1m.txt``, ``otlp.txt``, ``latency.txt``, ``row_write.txt``,
+``ingest_cpu.txt``, ``query_1m.txt``, ``otlp.txt``, ``latency.txt``, ``row_write.txt``, ``cpu_profile.txt``,
 ``memory.txt``, ``concurrency.txt``, ``connections.txt`` and ``scaling.txt`` written by
 ``make benchmark``, ``make memprofile``, ``make concurrency``, ``make connections`` and
 ``make scaling``. Each section says when its file was written: the make targets run apart, so a
@@ -355,6 +355,16 @@ One-run POSTs sent one after another by one client, group commit on (the default
 
 ```
 {optional(SAVES / "latency.txt")}
+```
+
+## Where the server's CPU goes (`python -m benchmarks.cpu_profile`)
+
+`benchmarks.load` (16 clients, 15 s) with py-spy sampling its server: each job's CPU per run is
+the server's CPU per run (from /proc) times the job's share of the samples. Each table's columns
+were measured one after the other in the same session.
+
+```
+{optional(SAVES / "cpu_profile.txt")}
 ```
 
 ## A group's rows, three ways (`python -m benchmarks.row_write`)

@@ -45,3 +45,21 @@ def test_the_report_shows_n_a_for_a_service_not_measured():
     used = {"client": 0.001, "minio": None, "postgres": 0.002, "machine": 0.01}
     (line, *_) = summary_lines({"case": used}, {"case": 0.01})
     assert "minio      n/a" in line and "server        -" in line and "postgres      2.0" in line
+
+
+def test_the_profile_counts_a_sample_for_the_job_of_its_deepest_known_frame():
+    from benchmarks.cpu_profile import job_of
+
+    loop = ["run_forever (asyncio/base_events.py:600)", "Handle._run (asyncio/events.py:80)"]
+    tornado = "HTTP1Connection._read_body (tornado/http1connection.py:10)"
+    splitter = "RunSplitter.feed (handler/runs/splitter.py:120)"
+    # uuid called by the splitter is the splitter's; the splitter called under Tornado is too.
+    assert job_of([*loop, tornado, splitter, "uuid4 (uuid.py:720)"]) == "JSON: splitting and checking runs"
+    # A socket write of aiohttp's (through asyncio) is S3's, not the event loop's.
+    aiohttp = "StreamWriter.write (aiohttp/http_writer.py:90)"
+    transport = "_SelectorSocketTransport.write (asyncio/selector_events.py:1000)"
+    assert job_of([*loop, aiohttp, transport]) == "S3: PUT (aiohttp, signing, CRC32)"
+    assert job_of(loop) == "HTTP: Tornado and the event loop"
+    # A handler's finish() writing the answer is HTTP; a thread waiting on its queue is not counted.
+    assert job_of([*loop, "RunsHandler.post (handler/runs/handlers.py:25)", tornado]).startswith("HTTP")
+    assert job_of(["Thread.run (threading.py:982)", "_worker (concurrent/futures/thread.py:81)"]) is None
