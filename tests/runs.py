@@ -6,6 +6,7 @@ import json
 import uuid
 
 from handler.base.errors import RunError
+from handler.runs.fastpath import FastSplitter
 from handler.runs.schema import Run
 from handler.runs.splitter import RunPart, RunSplitter
 from tests.client import HttpClient
@@ -69,19 +70,29 @@ TINY_PART = 48
 
 
 def split_all(chunks, max_run_bytes: int = 1 << 40, max_runs: int = 10**6, max_depth: int = 512) -> list[Run]:
-    """Split a body fed in ``chunks`` twice, holding every run whole and handing runs out in parts
-    of TINY_PART bytes. Both must end alike: the same runs, byte for byte (the generated ids
-    aside), or a RunError with the same status for the same run, which is raised."""
+    """Split a body fed in ``chunks`` four times: by the splitter the service uses (FastSplitter)
+    and by RunSplitter, its judge of what it is not sure of (fastpath.py), each holding every run
+    whole and handing runs out in parts of TINY_PART bytes. All must end alike: the same runs,
+    byte for byte (the generated ids aside), or a RunError with the same status for the same run;
+    the two splitters with the same message too. The RunError is raised."""
     chunks = list(chunks)
-    whole, parted = (_split(chunks, max_run_bytes, max_runs, max_depth, size) for size in (0, TINY_PART))
-    assert _outcome(whole) == _outcome(parted), (whole, parted)
+    results = {
+        (kind, size): _split(kind, chunks, max_run_bytes, max_runs, max_depth, size)
+        for kind in (FastSplitter, RunSplitter)
+        for size in (0, TINY_PART)
+    }
+    whole = results[FastSplitter, 0]
+    for (kind, size), result in results.items():
+        assert _outcome(result) == _outcome(whole), (kind.__name__, size, result, whole)
+        if size == 0 and isinstance(result, RunError):
+            assert result.reason == whole.reason, (result.reason, whole.reason)
     if isinstance(whole, RunError):
         raise whole
     return whole
 
 
-def _split(chunks, max_run_bytes, max_runs, max_depth, part_bytes) -> list[Run] | RunError:
-    splitter = RunSplitter(max_run_bytes, max_runs, max_depth, part_bytes=part_bytes)
+def _split(kind, chunks, max_run_bytes, max_runs, max_depth, part_bytes) -> list[Run] | RunError:
+    splitter = kind(max_run_bytes, max_runs, max_depth, part_bytes=part_bytes)
     runs, parts = [], {}
     try:
         for items in [*(splitter.feed(chunk) for chunk in chunks), splitter.close()]:

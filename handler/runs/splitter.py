@@ -65,7 +65,9 @@ def parse_run(
 ) -> Run:
     """One run given whole (a multipart part, a PATCH body, a patched run), checked exactly like a
     run in a streamed batch; errors name it by ``label``."""
-    splitter = RunSplitter(max_run_bytes, 1, max_depth, required, label, new_id)
+    from handler.runs.fastpath import FastSplitter  # it builds on RunSplitter
+
+    splitter = FastSplitter(max_run_bytes, 1, max_depth, required, label, new_id)
     runs = [*splitter.feed(b"["), *splitter.feed(body), *splitter.feed(b"]"), *splitter.close()]
     if len(runs) != 1:  # "[]" or only whitespace: an empty body
         raise RunError(400, f"{label} must be a JSON object")
@@ -167,6 +169,18 @@ class RunSplitter(LongStrings, RunEvents):
                 self.rest += chunk[pos:]
                 break
         return runs
+
+    def resume(self, count: int) -> None:
+        """Stand just after run ``count - 1`` of the array, as if it had read the runs before:
+        where the fast path (fastpath.py) hands a body over."""
+        self._parser.send(b"[{}")
+        self._events.clear()
+        self._seen_array, self._depth, self._count = True, 1, count
+
+    def feed_rest(self, rest: bytes) -> list[Run | RunPart]:
+        """The rest of the chunk in which the last run ended: read in the same go as that run,
+        which reported events (so nothing is held back)."""
+        return self._feed_pieces(rest)
 
     def _take_bytes(self, data: bytes) -> list[RunPart]:
         """Bytes of the run that yajl is not given."""

@@ -1,0 +1,328 @@
+"""The splitter's fast path: runs found and checked in C, with yajl's splitter as the judge of the rest.
+
+RunSplitter (splitter.py) gives every byte of the body to ijson, which turns every token into a
+Python event: for a 100 KB field of short strings, about 2,000 events of which the splitter only
+needs the first. Here a run's bytes are found by msgspec (``Raw`` skips a value in C and reports the
+byte where trailing data starts) and checked by simdjson (the whole grammar, UTF-8, escapes and
+surrogates), and only the run's top-level fields become Python values, checked by schema.py.
+
+The fast path never judges a run it is not sure of: anything unusual -- a run either library
+refuses, a field that breaks a rule, a run near a size limit, a number whose exponent has 18 digits
+or more (simdjson and Python's Decimal differ there), more nesting than could be within max_depth,
+a vertical tab or form feed, a chunk in which yajl might report no event -- hands the body over to
+RunSplitter, which is given the same chunks, from the same state, as if it had read the body from
+the start: what it accepts, refuses and says is RunSplitter's, byte for byte.
+
+Why the hand-over is exact: RunSplitter's verdict depends on the chunks it is fed, not only on the
+body (a chunk in which yajl reports no event makes it hold input back). The fast path keeps every
+chunk since the end of the last run it handed out, and only runs while every chunk is surely
+eventful for yajl (two real quotes, or a bracket between runs), so RunSplitter never held anything
+back: a RunSplitter positioned after that run (``resume``), given the rest of that run's chunk as
+it would have read it and then the chunks since, is in the state it would be in.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+
+import msgspec
+import simdjson
+
+from handler.runs.schema import REQUIRED, FieldError, Run, check_field, check_required
+from handler.runs.splitter import LONG_STRING_BYTES, RunPart, RunSplitter
+
+# The largest run the fast path holds; larger ones are RunSplitter's (parts, long strings).
+FAST_RUN_BYTES = 1 << 20
+_WHITESPACE = b" \t\r\n"
+_TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
+# simdjson takes an exponent of any length (1e-99999999999999999999 is 0.0); Python's Decimal,
+# which RunSplitter's ijson uses, refuses one beyond 10**18. Numbers with such exponents are
+# RunSplitter's to judge. simdjson itself refuses a long positive exponent after a mantissa that is
+# not zero, so the ones that reach here are negative ("e-") or follow a zero ("0e").
+_LONG_EXPONENT = re.compile(rb"[0-9]{18}")
+_ZERO_LONG_EXPONENT = re.compile(rb"0[eE][-+]?[0-9]{18}")
+_SKIP = msgspec.json.Decoder(msgspec.Raw)
+_TIMES = frozenset({"start_time", "end_time"})
+# Where the fast path is between runs: before the array, after "[", after a run, after its ",".
+_START, _FIRST, _AFTER, _NEXT, _RUN, _ENDED = range(6)
+
+
+def _event(value: object) -> str | None:
+    """The ijson event a top-level value starts with, or None for what the fast path does not judge."""
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "number"
+    if isinstance(value, simdjson.Object):
+        return "start_map"
+    if isinstance(value, simdjson.Array):
+        return "start_array"
+    return "number" if isinstance(value, float) else None
+
+
+def _long_exponent(data: bytes) -> bool:
+    """Whether ``data`` may hold a number whose exponent has 18 digits or more. Each "-" is found
+    by find() (a memchr) and looked at, where a regex would be tried at every byte."""
+    at = data.find(b"-")
+    while at >= 0:
+        if data[at - 1] in b"eE" and _LONG_EXPONENT.match(data, at + 1):
+            return True
+        at = data.find(b"-", at + 1)
+    return _ZERO_LONG_EXPONENT.search(data) is not None
+
+
+def _count_to(data: bytes, byte: bytes, most: int) -> int:
+    """How many times ``byte`` is in ``data``, counted by find() (a memchr) up to ``most``."""
+    count, at = 0, data.find(byte)
+    while at >= 0 and count < most:
+        count += 1
+        at = data.find(byte, at + 1)
+    return count
+
+
+def _two_quotes(chunk: bytes) -> bool:
+    """Whether ``chunk`` has two quotes not right after a backslash: real quotes, one of which ends
+    a string wherever the chunk starts."""
+    found, at = 0, chunk.find(b'"')
+    while at >= 0:
+        if at == 0 or chunk[at - 1] != 0x5C:
+            found += 1
+            if found == 2:
+                return True
+        at = chunk.find(b'"', at + 1)
+    return False
+
+
+class FastSplitter:
+    """RunSplitter's interface (feed, close, rest, buffered) and verdicts, at C speed for runs up to
+    FAST_RUN_BYTES; see the top."""
+
+    def __init__(
+        self,
+        max_run_bytes: int,
+        max_runs: int,
+        max_depth: int = 512,
+        required: tuple[str, ...] = REQUIRED,
+        label: str | None = None,
+        new_id: Callable[[], uuid.UUID] | None = uuid.uuid4,
+        noun: str = "run",
+        nested: bool = False,
+        part_bytes: int = 0,
+        long_string_bytes: int = LONG_STRING_BYTES,
+    ) -> None:
+        self._args = (max_run_bytes, max_runs, max_depth, required, label, new_id, noun, nested)
+        self._kwargs = {"part_bytes": part_bytes, "long_string_bytes": long_string_bytes}
+        self.max_runs, self.max_depth, self.required = max_runs, max_depth, required
+        self.new_id, self.nested = new_id, nested
+        # No run that RunSplitter would cut into parts, refuse as too large or read as a long string.
+        limits = [FAST_RUN_BYTES, max_run_bytes]
+        limits += [long_string_bytes - 1] if long_string_bytes else []
+        limits += [2 * part_bytes - 1] if part_bytes else []
+        self._run_limit = min(limits)
+        self._slow: RunSplitter | None = None  # once it has taken over, everything goes there
+        self._rest: bytes | None = None
+        self._parser = simdjson.Parser()
+        # The bytes since the clean point: the end of the last run handed out, or the body's start
+        # (_after_run False). _starts: where each chunk since then starts in _buf; bytes before
+        # the first are the rest of the chunk in which that run ended.
+        self._buf = bytearray()
+        self._starts: list[int] = []
+        self._clean = 0
+        self._after_run = False
+        self._pos = 0  # what is read of _buf
+        self._state = _START
+        self._count = 0  # runs handed out
+        self._tried = 0  # bytes of the open run at the last try that found it unfinished
+
+    @property
+    def rest(self) -> bytes | None:
+        return self._slow.rest if self._slow is not None else self._rest
+
+    @property
+    def buffered(self) -> int:
+        return self._slow.buffered if self._slow is not None else len(self._buf)
+
+    def feed(self, chunk: bytes) -> list[Run | RunPart]:
+        if self._slow is not None:
+            return self._slow.feed(chunk)
+        if not chunk:
+            return []
+        if b"\x0b" in chunk or b"\x0c" in chunk or not self._eventful(chunk):
+            return self._hand_over(chunk)
+        self._starts.append(len(self._buf))
+        self._buf += chunk
+        return self._read(last=False)
+
+    def close(self) -> list[Run | RunPart]:
+        if self._slow is not None:
+            return self._slow.close()
+        runs = self._read(last=True)
+        if self._slow is None:
+            if self._state == _ENDED:
+                return runs
+            runs += self._hand_over(None)
+        return runs + self._slow.close()
+
+    def _eventful(self, chunk: bytes) -> bool:
+        """Whether yajl surely reports an event while reading ``chunk``: it has two quotes that
+        are not escaped (one of them ends a string), or a bracket comes first between runs."""
+        if _two_quotes(chunk):
+            return True
+        if self._state == _RUN or self._pos < len(self._buf):
+            return False
+        head = chunk.lstrip(_WHITESPACE + b",")
+        return bool(head) and head[0] in b"[]{"
+
+    # -- the fast path --------------------------------------------------------------------------
+
+    def _read(self, last: bool) -> list[Run | RunPart]:
+        """Read _buf from _pos: separators, runs, the array's end."""
+        runs: list[Run | RunPart] = []
+        buf = self._buf
+        while True:
+            pos = self._pos
+            while pos < len(buf) and buf[pos] in _WHITESPACE:
+                pos += 1
+            self._pos = pos
+            if pos == len(buf):
+                break
+            byte, state = buf[pos], self._state
+            if state == _RUN or (byte == 0x7B and state in (_FIRST, _NEXT)):  # "{"
+                self._state = _RUN
+                run = self._try_run(last)
+                if run is None:
+                    break
+                if run is False:
+                    return runs + self._hand_over(None)
+                runs.append(run)
+            elif state == _START and byte == 0x5B:  # "["
+                self._state, self._pos = _FIRST, pos + 1
+            elif state == _AFTER and byte == 0x2C:  # ","
+                self._state, self._pos = _NEXT, pos + 1
+            elif byte == 0x5D and state in (_FIRST, _AFTER):  # "]"
+                self._state, self._pos = _ENDED, pos + 1
+                if self.nested:
+                    self._rest = bytes(buf[pos + 1 :])
+                    return runs
+            else:
+                return runs + self._hand_over(None)
+        if self._after_run and self._clean:  # keep only what the hand-over would need
+            cut = self._clean
+            del buf[:cut]
+            self._starts = [start - cut for start in self._starts if start >= cut]
+            self._pos -= cut
+            self._clean = 0
+        return runs
+
+    def _try_run(self, last: bool) -> Run | bool | None:
+        """The run starting at _pos if it is complete and sure; None to wait for more bytes;
+        False when it is not sure (RunSplitter is to judge)."""
+        buf, start = self._buf, self._pos
+        size = len(buf) - start
+        if not last and self._tried and size < 2 * self._tried:
+            return None  # tried at half this size: keeps the tries linear in the run's size
+        try:
+            with memoryview(buf) as view, view[start:] as data:
+                _SKIP.decode(data)
+            end = len(buf)
+        except msgspec.DecodeError as e:
+            message = str(e)
+            found = _TRAILING.search(message)
+            if found is None:
+                if message.startswith("Input data was truncated") and not last and size <= self._run_limit:
+                    self._tried = size
+                    return None
+                return False
+            # The byte counted is the first one after the value and the whitespace after it.
+            end = buf.rfind(b"}", start, start + int(found.group(1)) - 1) + 1
+        except RecursionError:  # msgspec's limit on nesting, far below what RunSplitter takes
+            return False
+        self._tried = 0
+        run = self._check(bytes(buf[start:end]))
+        if run is None:
+            return False
+        self._pos, self._state = end, _AFTER
+        self._clean, self._after_run = end, True
+        return run
+
+    def _check(self, data: bytes) -> Run | None:
+        """The run these bytes are, if RunSplitter would surely take them as they are; else None."""
+        if len(data) > self._run_limit or self._count >= self.max_runs:
+            return None
+        # 1 (the array) + every opening bracket, counting those in strings: a bound on the depth.
+        brackets = _count_to(data, b"{", self.max_depth)
+        if brackets + _count_to(data, b"[", self.max_depth - brackets) >= self.max_depth:
+            return None
+        if _long_exponent(data):
+            return None
+        try:
+            document = self._parser.parse(data)
+        except (ValueError, RuntimeError):  # simdjson's errors, UnicodeDecodeError among them
+            return None
+        try:
+            run = self._fields(document)
+        finally:
+            del document  # the parser is reused: no proxy may outlive this parse
+        if run is None:
+            return None
+        self._count += 1
+        if run.id is None and self.new_id is not None:
+            run.id, run.id_added = self.new_id(), True
+            data = b"".join((b'{"id":"', str(run.id).encode(), b'",', data[1:]))
+        run.body, run.size = data, len(data)
+        return run
+
+    def _fields(self, document: object) -> Run | None:
+        """The run's columns from its top-level fields, as schema.py checks ijson's first event of
+        each; None if any breaks a rule (RunSplitter says how), repeats, or is not judged here."""
+        if not isinstance(document, simdjson.Object):
+            return None
+        run, seen = Run(self._count), set()
+        try:
+            for key in document.keys():  # every key, repeated ones too; items() would copy values
+                if key in seen or "\x00" in key:  # (pysimdjson looks a key up as a C string)
+                    return None
+                value = document[key]
+                event = _event(value)
+                if event is None:
+                    return None
+                if event == "number" and key in _TIMES and type(value) is not int:
+                    return None  # ijson gives RunSplitter the exact Decimal, not a float
+                seen.add(key)
+                check_field(run, key, event, value, self.required)
+                if key == "tags" and event == "start_array":
+                    if not all(isinstance(tag, str) for tag in value):
+                        return None
+                elif key == "events" and event == "start_array":
+                    if not all(isinstance(item, simdjson.Object) for item in value):
+                        return None
+            check_required(run, self.required)
+        except (FieldError, ValueError, RuntimeError, LookupError):
+            return None
+        return run
+
+    # -- the hand-over --------------------------------------------------------------------------
+
+    def _hand_over(self, chunk: bytes | None) -> list[Run | RunPart]:
+        """RunSplitter takes the body from the clean point on, given the chunks as they came."""
+        slow = self._slow = RunSplitter(*self._args, **self._kwargs)
+        buf, clean = self._buf, self._clean
+        starts = [start for start in self._starts if start >= clean]
+        runs: list[Run | RunPart] = []
+        if self._after_run:
+            slow.resume(self._count)
+            rest = bytes(buf[clean : starts[0] if starts else len(buf)])
+            if rest:  # the chunk that ended the last run, after it: yajl read it in the same go
+                runs += slow.feed_rest(rest)
+        for i, start in enumerate(starts):
+            runs += slow.feed(bytes(buf[start : starts[i + 1] if i + 1 < len(starts) else len(buf)]))
+        self._buf, self._starts = bytearray(), []
+        if chunk is not None:
+            runs += slow.feed(chunk)
+        return runs
