@@ -1,4 +1,5 @@
-"""CPU of splitting the reference bodies, in process: RunSplitter against ijson's bare event stream.
+"""CPU of splitting the reference bodies, in process: the service's splitter (FastSplitter), RunSplitter
+(every byte through ijson's events, the fast path's judge) and ijson's bare event stream.
 
     python -m benchmarks.splitter_cpu
 
@@ -12,13 +13,14 @@ import time
 import ijson
 
 from benchmarks.workloads import WORKLOADS, encode
+from handler.runs.fastpath import FastSplitter
 from handler.runs.splitter import RunSplitter
 
 CHUNK = 64 * 1024
 
 
-def split(body: bytes) -> int:
-    splitter = RunSplitter(1 << 30, 10**6)
+def split(body: bytes, kind=FastSplitter) -> int:
+    splitter = kind(1 << 30, 10**6)
     runs = 0
     for i in range(0, len(body), CHUNK):
         runs += len(splitter.feed(body[i : i + CHUNK]))
@@ -46,12 +48,13 @@ def best_of(rounds: int, fn, body: bytes) -> float:
 def main() -> None:
     for name in ("500_10kb", "50_100kb", "5000_1kb"):
         body, parts = encode(WORKLOADS[name]())
-        assert split(body) == len(parts)
-        splitter_ms = best_of(5, split, body) * 1000
+        assert split(body) == split(body, RunSplitter) == len(parts)
+        fast_ms = best_of(5, split, body) * 1000
+        splitter_ms = best_of(5, lambda b: split(b, RunSplitter), body) * 1000
         ijson_ms = best_of(5, events_only, body) * 1000
         print(
-            f"{name:<10} {len(body) / 1e6:5.1f} MB   RunSplitter {splitter_ms:6.1f} ms CPU   "
-            f"ijson events alone {ijson_ms:6.1f} ms CPU"
+            f"{name:<10} {len(body) / 1e6:5.1f} MB   FastSplitter {fast_ms:6.1f} ms CPU   "
+            f"RunSplitter {splitter_ms:6.1f} ms CPU   ijson events alone {ijson_ms:6.1f} ms CPU"
         )
 
 

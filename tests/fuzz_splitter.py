@@ -6,23 +6,28 @@
 
 Any body, cut into chunks chosen by the fuzzer, must end in RunError 400/413 or in runs whose bytes
 are exactly the array's elements (with ``{"id":"<uuid>",`` put first when the run had none), each
-strict RFC 8259 JSON. Anything else -- another exception, a 5xx, a run that is not its element --
-is a crash that libFuzzer reports with the input that caused it.
+strict RFC 8259 JSON. And the service's splitter (FastSplitter, fastpath.py) must end exactly as
+RunSplitter (every byte through ijson's events, the old path) does: the same runs, fields and ids,
+or the same error, word for word. Anything else -- another exception, a 5xx, a run that is not its
+element, a difference -- is a crash that libFuzzer reports with the input that caused it.
 
 It found, within seconds, the bugs now kept as REGRESSIONS in tests/test_hostile_input.py.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
 import tempfile
+import uuid
 
 import atheris
 
 with atheris.instrument_imports():
     from handler.base.errors import RunError
+    from handler.runs.fastpath import FastSplitter
     from handler.runs.splitter import RunSplitter
 
 HEADER = b'[{"trace_id":"6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10","name":"x",'
@@ -66,12 +71,21 @@ def check_elements(body: bytes, runs) -> None:
     assert SEPARATOR.match(body, pos + 1).end() == len(body), f"accepted trailing data {body[pos:][:40]!r}"
 
 
-def split_all(chunks: list[bytes], max_run_bytes: int):
-    splitter = RunSplitter(max_run_bytes, 1000, 64)
+def split_all(chunks: list[bytes], max_run_bytes: int, kind=FastSplitter):
+    counter = itertools.count(1)  # the same ids from both splitters
+    splitter = kind(max_run_bytes, 1000, 64, new_id=lambda: uuid.UUID(int=next(counter)))
     runs = []
     for chunk in chunks:
         runs += splitter.feed(chunk)
     return runs + splitter.close()
+
+
+def outcome(chunks: list[bytes], max_run_bytes: int, kind) -> tuple:
+    try:
+        runs = split_all(chunks, max_run_bytes, kind)
+    except RunError as e:
+        return "error", e.status, e.index, e.reason
+    return "runs", [tuple(getattr(r, name) for name in r.__slots__) for r in runs]
 
 
 def one_input(data: bytes) -> None:
@@ -86,6 +100,9 @@ def one_input(data: bytes) -> None:
         pos += size
     chunks.append(body[pos:])
     limit = 256 if small_limit else 1 << 30
+    new, old = outcome(chunks, limit, FastSplitter), outcome(chunks, limit, RunSplitter)
+    if new != old:
+        raise AssertionError(f"the fast path differs from RunSplitter: {new!r:.300} != {old!r:.300}")
     try:
         runs = split_all(chunks, limit)
     except RunError as e:

@@ -139,6 +139,7 @@ class FastSplitter:
         self._state = _START
         self._count = 0  # runs handed out
         self._tried = 0  # bytes of the open run at the last try that found it unfinished
+        self._last_size = 0  # the last run's size: the next one is tried once it has as many
 
     @property
     def rest(self) -> bytes | None:
@@ -225,8 +226,11 @@ class FastSplitter:
         False when it is not sure (RunSplitter is to judge)."""
         buf, start = self._buf, self._pos
         size = len(buf) - start
-        if not last and self._tried and size < 2 * self._tried:
-            return None  # tried at half this size: keeps the tries linear in the run's size
+        # Each try reads the run from its start: the next one waits until the run has doubled
+        # (linear in the run's size), and the first until it is as large as the last run was
+        # (runs of a batch are often alike).
+        if not last and size < max(2 * self._tried, min(self._last_size, self._run_limit)):
+            return None
         try:
             with memoryview(buf) as view, view[start:] as data:
                 _SKIP.decode(data)
@@ -243,7 +247,7 @@ class FastSplitter:
             end = buf.rfind(b"}", start, start + int(found.group(1)) - 1) + 1
         except RecursionError:  # msgspec's limit on nesting, far below what RunSplitter takes
             return False
-        self._tried = 0
+        self._tried, self._last_size = 0, end - start
         run = self._check(bytes(buf[start:end]))
         if run is None:
             return False
