@@ -140,3 +140,20 @@ def test_a_long_exponent_is_found():
     assert fastpath._long_exponent(b'{"a":1e-' + b"9" * 18 + b"}")
     assert fastpath._long_exponent(b'{"a":0.0E+' + b"1" * 18 + b"}")
     assert not fastpath._long_exponent(b'{"a":1e-' + b"9" * 17 + b',"b":"6f1c0b52-7f59-4a3e-8d39"}')
+
+
+def test_the_fast_path_takes_the_body_back_after_a_run_it_handed_over():
+    """A run the fast path is not sure of (1e400: simdjson refuses it, ijson keeps it as a
+    Decimal) is read by RunSplitter; the run after it is the fast path's again."""
+    ordinary = [json.dumps(run(inputs={"text": "x" * 3000})).encode() for _ in range(30)]
+    odd = ordinary[10].replace(b'"inputs": {', b'"inputs": {"huge": 1e400, ')
+    body = b"[" + b", ".join([*ordinary[:10], odd, *ordinary[11:]]) + b"]"
+    chunks = cuts(body, 16384)
+    assert_same(chunks, {})
+    splitter = FastSplitter(1 << 30, 1000)
+    handed_over = []
+    for chunk in chunks:
+        splitter.feed(chunk)
+        handed_over.append(splitter._slow is not None)
+    assert any(handed_over) and not handed_over[-1]
+    assert len(splitter.close()) == 0

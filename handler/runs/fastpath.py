@@ -128,13 +128,15 @@ class FastSplitter:
         self._slow: RunSplitter | None = None  # once it has taken over, everything goes there
         self._rest: bytes | None = None
         self._parser = simdjson.Parser()
-        # The bytes since the clean point: the end of the last run handed out, or the body's start
-        # (_after_run False). _starts: where each chunk since then starts in _buf; bytes before
-        # the first are the rest of the chunk in which that run ended.
+        # The bytes since the clean point: the end of the last run handed out, the chunk edge where
+        # the body was taken back, or the body's start. _starts: where each chunk since then starts
+        # in _buf; bytes before the first are the rest of the chunk in which that run ended.
+        # _resume: what RunSplitter.resume gives yajl to stand at the clean point (None: at the
+        # body's start).
         self._buf = bytearray()
         self._starts: list[int] = []
         self._clean = 0
-        self._after_run = False
+        self._resume: bytes | None = None
         self._pos = 0  # what is read of _buf
         self._state = _START
         self._count = 0  # runs handed out
@@ -151,7 +153,11 @@ class FastSplitter:
 
     def feed(self, chunk: bytes) -> list[Run | RunPart]:
         if self._slow is not None:
-            return self._slow.feed(chunk)
+            runs, used = self._slow.feed_to_run_end(chunk)
+            if used < len(chunk):  # a run ended inside the chunk: the fast path takes the rest
+                return runs + self._take_back_after_run(chunk[used:])
+            self._take_back(chunk)
+            return runs
         if not chunk:
             return []
         if b"\x0b" in chunk or b"\x0c" in chunk or not self._eventful(chunk):
@@ -213,7 +219,7 @@ class FastSplitter:
                     return runs
             else:
                 return runs + self._hand_over(None)
-        if self._after_run and self._clean:  # keep only what the hand-over would need
+        if self._resume is not None and self._clean:  # keep only what a hand-over would need
             cut = self._clean
             del buf[:cut]
             self._starts = [start - cut for start in self._starts if start >= cut]
@@ -252,7 +258,7 @@ class FastSplitter:
         if run is None:
             return False
         self._pos, self._state = end, _AFTER
-        self._clean, self._after_run = end, True
+        self._clean, self._resume = end, b"[{}"
         return run
 
     def _check(self, data: bytes) -> Run | None:
@@ -319,8 +325,8 @@ class FastSplitter:
         buf, clean = self._buf, self._clean
         starts = [start for start in self._starts if start >= clean]
         runs: list[Run | RunPart] = []
-        if self._after_run:
-            slow.resume(self._count)
+        if self._resume is not None:
+            slow.resume(self._count, self._resume)
             rest = bytes(buf[clean : starts[0] if starts else len(buf)])
             if rest:  # the chunk that ended the last run, after it: yajl read it in the same go
                 runs += slow.feed_rest(rest)
@@ -330,3 +336,32 @@ class FastSplitter:
         if chunk is not None:
             runs += slow.feed(chunk)
         return runs
+
+    def _take_back_after_run(self, rest: bytes) -> list[Run | RunPart]:
+        """RunSplitter stopped just after a run, inside a chunk (feed_to_run_end): the fast path
+        reads the chunk's rest, which a later hand-over gives back as ``feed_rest``."""
+        slow = self._slow
+        if not slow.clean_between_runs():
+            return slow.feed_rest(rest)
+        self._resume, self._state, self._count, self._slow = b"[{}", _AFTER, slow._count, None
+        self._buf, self._starts, self._clean, self._pos, self._tried = bytearray(rest), [], 0, 0, 0
+        return self._read(last=False)
+
+    def _take_back(self, chunk: bytes) -> None:
+        """After RunSplitter has read a chunk: if it stands between runs with nothing open or held,
+        and the chunk ends in a run's "}", its "," or the array's "[" (whitespace aside), the fast
+        path goes on from there, with a clean point that RunSplitter.resume reproduces."""
+        slow = self._slow
+        if self.nested and slow.rest is not None or not slow.clean_between_runs():
+            return
+        last = chunk.rstrip(_WHITESPACE)[-1:]
+        if last == b"}":
+            self._resume, self._state = b"[{}", _AFTER
+        elif last == b",":
+            self._resume, self._state = b"[{},", _NEXT
+        elif last == b"[" and slow._count == 0:
+            self._resume, self._state = b"[", _FIRST
+        else:
+            return
+        self._count, self._slow = slow._count, None
+        self._buf, self._starts, self._clean, self._pos, self._tried = bytearray(), [], 0, 0, 0

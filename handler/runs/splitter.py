@@ -112,6 +112,7 @@ class RunSplitter(LongStrings, RunEvents):
         # Input not yet given to ijson, and how much to gather before giving it (see the top).
         self._unfed = bytearray()
         self._hold = 0
+        self._stopped_at = 0  # where feed_to_run_end stopped
 
     @property
     def buffered(self) -> int:
@@ -136,7 +137,19 @@ class RunSplitter(LongStrings, RunEvents):
         self._hold = 2 * max(self._hold, len(chunk)) if quiet else 0
         return runs
 
-    def _feed_pieces(self, chunk: bytes) -> list[Run | RunPart]:
+    def feed_to_run_end(self, chunk: bytes) -> tuple[list[Run | RunPart], int]:
+        """Like feed, but when nothing is held back it stops just after the first run that ends in
+        ``chunk``; returns what feed would and how much of ``chunk`` was read. The rest is for the
+        fast path (fastpath.py), or for ``feed_rest``: read in the same go, as feed would."""
+        if self._long or self._unfed or self._hold or self._in_long_string():
+            return self.feed(chunk), len(chunk)
+        events_before = self._event_count
+        runs = self._feed_pieces(chunk, stop_after_run=True)
+        quiet = self._event_count == events_before and not self._long
+        self._hold = 2 * max(self._hold, len(chunk)) if quiet else 0
+        return runs, self._stopped_at
+
+    def _feed_pieces(self, chunk: bytes, stop_after_run: bool = False) -> list[Run | RunPart]:
         if b"\x0b" in chunk or b"\x0c" in chunk:
             # yajl takes these as whitespace; JSON does not, and inside a string they are invalid.
             index = self._run.index if self._run else None
@@ -168,14 +181,34 @@ class RunSplitter(LongStrings, RunEvents):
             if self.rest is not None:  # a nested array ended in that piece
                 self.rest += chunk[pos:]
                 break
+            if stop_after_run and runs and isinstance(runs[-1], Run):
+                break
+        self._stopped_at = pos
         return runs
 
-    def resume(self, count: int) -> None:
-        """Stand just after run ``count - 1`` of the array, as if it had read the runs before:
-        where the fast path (fastpath.py) hands a body over."""
-        self._parser.send(b"[{}")
+    def resume(self, count: int, prefix: bytes) -> None:
+        """Stand where ``count`` runs of the array have been read and yajl has just read what
+        ``prefix`` ends with: ``[`` (the array's start), ``[{}`` (a run) or ``[{},`` (a run and its
+        comma). Where the fast path (fastpath.py) hands a body over."""
+        self._parser.send(prefix)
         self._events.clear()
         self._seen_array, self._depth, self._count = True, 1, count
+
+    def clean_between_runs(self) -> bool:
+        """Whether nothing is open or held: no run, no held input, no long string, no error; the
+        fast path may take the body back here (fastpath.py)."""
+        return (
+            self._run is None
+            and self._closed is None
+            and not self._pending
+            and not self._unfed
+            and not self._hold
+            and not self._long
+            and not self._in_string
+            and not self._ended
+            and self._seen_array
+            and self._events is not None
+        )
 
     def feed_rest(self, rest: bytes) -> list[Run | RunPart]:
         """The rest of the chunk in which the last run ended: read in the same go as that run,
