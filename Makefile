@@ -13,7 +13,8 @@ TEST_ENV := RUN_HANDLER_ENV=test
 help:
 	@echo "make server        install, start PostgreSQL + MinIO, migrate, serve on localhost:8000"
 	@echo "make test          install, start services, reset the test database and bucket, run pytest"
-	@echo "make fuzz         property tests unseeded and longer, then atheris on the splitter (SEED= to replay)"
+	@echo "make fuzz         property tests unseeded and longer, then atheris on the splitter, the fast path"
+	@echo "                   against RunSplitter (SEED= to replay)"
 	@echo "make benchmark     benchmarks against the storage floor; saves, compares, writes BENCHMARKS.md"
 	@echo "make memprofile    peak memory: pytest-memray in process, RSS of a server taking a 1 GB batch"
 	@echo "make load          32 clients for 60 s against one server, then a sample verified byte for byte"
@@ -104,7 +105,8 @@ test: test-setup
 
 # New cases, not CI: the splitter's property tests (pytest -m property) on Hypothesis's "fuzz"
 # profile, FUZZ_EXAMPLES examples each from a random seed (printed first, and again on a failure;
-# SEED=<n> replays it), then FUZZ_SECONDS of coverage-guided atheris (libFuzzer, same seed). Needs
+# SEED=<n> replays it), then FUZZ_SECONDS of coverage-guided atheris (libFuzzer, same seed), which
+# also requires the fast path (FastSplitter) and RunSplitter to end alike on every input. Needs
 # no services. atheris is installed here only, not in the extras.
 FUZZ_EXAMPLES ?= 3000
 FUZZ_SECONDS ?= 120
@@ -112,7 +114,7 @@ fuzz: install
 	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/python -m pip install -q atheris
 	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "make fuzz: seed $$seed (replay: make fuzz SEED=$$seed)"; \
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(TEST_ENV) $(BIN)/python -m pytest tests/test_hostile_input.py -m property \
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(TEST_ENV) $(BIN)/python -m pytest tests/test_hostile_input.py tests/test_fastpath.py -m property \
 		-p no:cacheprovider --hypothesis-profile=fuzz --hypothesis-seed=$$seed -q \
 		|| { echo "make fuzz: property tests failed with seed $$seed (replay: make fuzz SEED=$$seed)"; exit 1; }; \
 	mkdir -p .fuzz-corpus; \

@@ -90,6 +90,7 @@ def test_hostile_cases_in_every_setting(settings):
             assert_same(cuts(body, size), settings)
 
 
+@pytest.mark.property
 @given(st.data())
 @PROPERTY
 def test_any_body_any_setting(data):
@@ -98,6 +99,7 @@ def test_any_body_any_setting(data):
     assert_same(chunks, data.draw(st.sampled_from(SETTINGS), label="settings"))
 
 
+@pytest.mark.property
 @given(st.data())
 @FIND_ONLY
 def test_tricky_bodies_any_setting(data):
@@ -106,6 +108,7 @@ def test_tricky_bodies_any_setting(data):
     assert_same(chunks, data.draw(st.sampled_from(SETTINGS), label="settings"))
 
 
+@pytest.mark.property
 @given(st.data())
 @PROPERTY
 def test_valid_batches_any_setting(data):
