@@ -27,6 +27,7 @@ import atheris
 
 with atheris.instrument_imports():
     from handler.base.errors import RunError
+    from handler.query.extract import query_columns
     from handler.runs.fastpath import FastSplitter
     from handler.runs.splitter import RunSplitter
 
@@ -85,7 +86,9 @@ def outcome(chunks: list[bytes], max_run_bytes: int, kind) -> tuple:
         runs = split_all(chunks, max_run_bytes, kind)
     except RunError as e:
         return "error", e.status, e.index, e.reason
-    return "runs", [tuple(getattr(r, name) for name in r.__slots__) for r in runs]
+    return "runs", [
+        (*(getattr(r, name) for name in r.__slots__ if name != "tap"), query_columns(r)) for r in runs
+    ]
 
 
 def one_input(data: bytes) -> None:

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from benchmarks.workloads import WORKLOADS, encode
 from handler.base.errors import RunError
+from handler.query import extract
+from handler.query.extract import query_columns
 from handler.runs import fastpath
 from handler.runs.fastpath import FastSplitter
 from handler.runs.splitter import RunPart, RunSplitter
@@ -59,7 +61,8 @@ def outcome(kind, chunks: list[bytes], settings: dict) -> tuple:
                 if isinstance(item, RunPart):
                     out.append(("part", item.run.index, item.data))
                 else:
-                    fields = {name: getattr(item, name) for name in item.__slots__}
+                    fields = {name: getattr(item, name) for name in item.__slots__ if name != "tap"}
+                    fields["query"] = query_columns(item)
                     out.append(("run", fields))
     except RunError as e:
         return "error", e.status, e.index, e.reason, out
@@ -160,3 +163,38 @@ def test_the_fast_path_takes_the_body_back_after_a_run_it_handed_over():
         handed_over.append(splitter._slow is not None)
     assert any(handed_over) and not handed_over[-1]
     assert len(splitter.close()) == 0
+
+
+QUERY_RUNS = [
+    run(
+        tags=["a", "b\u00e9", "x" * 300],
+        extra={"metadata": {"user": "u1", "n": 3, "ok": True, "none": None, "f": 0.5, "d": {"x": 1}}},
+        outputs={"usage_metadata": {"input_tokens": 10, "output_tokens": 5, "total_cost": 0.002}},
+    ),
+    run(outputs={"llm_output": {"token_usage": {"prompt_tokens": 7, "completion_tokens": 2}}, "text": "hi"}),
+    run(outputs={"generations": [[{"message": {"kwargs": {"usage_metadata": {"input_tokens": 4}}}}]]}),
+    run(extra={"metadata": {"usage_metadata": {"input_tokens": 1, "output_tokens": 2}, "k": "v"}}),
+    run(outputs={"a": {"b": [1, 2, {"c": "d"}]}, "usage_metadata": {"total_tokens": 9}}, inputs={"q": "x"}),
+]
+
+
+@pytest.mark.parametrize("search_text_chars", [0, 40])
+def test_query_columns_are_the_same_on_both_paths(search_text_chars):
+    """The query columns (handler/query/extract.py) come from the Tap whichever path read the run:
+    events.py's events, or tapwalk.py's walk of the simdjson document (a float reaching the Tap,
+    or a repeated key in a walked object, makes the run RunSplitter's)."""
+    bodies = [json.dumps(r).encode() for r in QUERY_RUNS]
+    bodies.append(
+        b'{"trace_id":"' + str(uuid.uuid4()).encode() + b'","name":"x","outputs":{"usage_metadata":'
+        b'{"input_tokens":1,"input_tokens":2}},"extra":{"metadata":{"a":1,"a":"2"}}}'
+    )
+    body = b"[" + b", ".join(bodies) + b"]"
+    before = extract.SEARCH_TEXT_CHARS
+    extract.configure(search_text_chars)
+    try:
+        for size in (len(body), 97, 4096):
+            assert_same(cuts(body, size), {})
+        got = outcome(FastSplitter, [body], {})[1]
+        assert [columns for _, fields in got for columns in [fields["query"]]][1][2] == 7  # prompt_tokens
+    finally:
+        extract.configure(before)

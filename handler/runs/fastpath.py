@@ -30,8 +30,10 @@ from collections.abc import Callable
 import msgspec
 import simdjson
 
+from handler.query import extract
 from handler.runs.schema import REQUIRED, FieldError, Run, check_field, check_required
 from handler.runs.splitter import LONG_STRING_BYTES, RunPart, RunSplitter
+from handler.runs.tapwalk import Unsure, tap_field
 
 # The largest run the fast path holds; larger ones are RunSplitter's (parts, long strings).
 FAST_RUN_BYTES = 1 << 20
@@ -312,8 +314,10 @@ class FastSplitter:
                 elif key == "events" and event == "start_array":
                     if not all(isinstance(item, simdjson.Object) for item in value):
                         return None
+                if key in extract.TAPPED and event in ("start_map", "start_array"):
+                    tap_field(run, key, value)  # the query columns, as events.py gives them
             check_required(run, self.required)
-        except (FieldError, ValueError, RuntimeError, LookupError):
+        except (FieldError, ValueError, RuntimeError, LookupError, Unsure):
             return None
         return run
 
