@@ -120,6 +120,7 @@ def one_input(data: bytes) -> None:
 TOKENS = [
     b"[", b"]", b"{", b"}", b",", b":", b'"', b'""', b"\\", b"\\u", b"\\ud83d\\ude00", b"\\ud800", b"\\udc00",
     b"\\u0000", b'"trace_id":', b'"name":', b'"id":', b'"inputs":{', b'"outputs":', b'"metadata":',
+    b'"tags":[', b'"extra":{"metadata":{', b'"usage_metadata":{"input_tokens":', b'"llm_output":', b"0.5",
     b'"6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10"', b"true", b"false", b"null", b"-0.5e-3", b"1e400",
     b"9" * 40, b"e1000000000000000000", b"NaN", b"Infinity", b"\xc3\xa9", b"\xe2\x98\x83",
     b"\xf0\x9f\x98\x80", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xef\xbb\xbf", b"\x0b", b"\x0c",
