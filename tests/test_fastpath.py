@@ -198,3 +198,12 @@ def test_query_columns_are_the_same_on_both_paths(search_text_chars):
         assert [columns for _, fields in got for columns in [fields["query"]]][1][2] == 7  # prompt_tokens
     finally:
         extract.configure(before)
+
+
+def test_whitespace_after_a_run_at_the_end_of_the_input_is_not_the_run():
+    """msgspec takes a value followed by whitespace alone as whole: the run still ends at its "}"
+    (make test once found this: a run's body with a space after it)."""
+    raw = json.dumps(run()).encode()
+    for chunks in ([b"[" + raw + b" ", b"]"], [b"[" + raw + b"\n\t ", b",", raw + b"]"]):
+        assert_same(chunks, {})
+        assert outcome(FastSplitter, chunks, {})[1][0][1]["body"].endswith(b"}")

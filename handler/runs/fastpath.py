@@ -242,7 +242,7 @@ class FastSplitter:
         try:
             with memoryview(buf) as view, view[start:] as data:
                 _SKIP.decode(data)
-            end = len(buf)
+            end = buf.rfind(b"}", start) + 1  # (whitespace may follow it)
         except msgspec.DecodeError as e:
             message = str(e)
             found = _TRAILING.search(message)
