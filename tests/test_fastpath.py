@@ -178,26 +178,40 @@ QUERY_RUNS = [
 ]
 
 
-@pytest.mark.parametrize("search_text_chars", [0, 40])
-def test_query_columns_are_the_same_on_both_paths(search_text_chars):
+# Runs written by hand: what json.dumps never writes. Floats whose text is not their repr (ijson
+# gives the Decimal of the text: a cost of 2.50 is "2.50"), repeated keys (events give each, in
+# order: the first wins), a NUL in a key, keys past IO_KEYS, a key longer than KV_KEY_CHARS.
+_TRACE = b'{"trace_id":"6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10","name":"x",'
+RAW_QUERY_RUNS = [
+    _TRACE + b'"outputs":{"usage_metadata":{"input_tokens":1,"input_tokens":2}},"extra":{"metadata":{"a":1,"a":"2"}}}',
+    _TRACE + b'"outputs":{"usage_metadata":{"input_tokens":3,"total_cost":2.50}}}',
+    _TRACE + b'"outputs":{"usage_metadata":{"total_cost":0.1000000000000000055511151231257827}}}',
+    _TRACE + b'"extra":{"metadata":{"a\\u0000b":"v","c":"d\\u0000e"}}}',
+    _TRACE + b'"inputs":{"q":"x","q":"y","n":1.50,"m":-0,"o":{"p":1},"a\\u0000":2,"l":[1]},"outputs":{"a":1}}',
+    _TRACE + b'"inputs":{"' + b"k" * 300 + b'":"long key","k1":1,"k2":true,"k3":null,"k4":"v4","k5":"v5"}}',
+    _TRACE + b'"outputs":{"k1":"v1","k2":"v2","k3":"v3","k4":"v4","usage_metadata":{"input_tokens":5}}}',
+]
+
+
+@pytest.mark.parametrize("search_text_chars,io_keys", [(0, 0), (40, 0), (0, 3), (40, 3)])
+def test_query_columns_are_the_same_on_both_paths(search_text_chars, io_keys):
     """The query columns (handler/query/extract.py) come from the Tap whichever path read the run:
     events.py's events, or tapwalk.py's walk of the simdjson document (a float reaching the Tap,
     or a repeated key in a walked object, makes the run RunSplitter's)."""
-    bodies = [json.dumps(r).encode() for r in QUERY_RUNS]
-    bodies.append(
-        b'{"trace_id":"' + str(uuid.uuid4()).encode() + b'","name":"x","outputs":{"usage_metadata":'
-        b'{"input_tokens":1,"input_tokens":2}},"extra":{"metadata":{"a":1,"a":"2"}}}'
-    )
+    bodies = [json.dumps(r).encode() for r in QUERY_RUNS] + RAW_QUERY_RUNS
     body = b"[" + b", ".join(bodies) + b"]"
-    before = extract.SEARCH_TEXT_CHARS
-    extract.configure(search_text_chars)
+    before = extract.SEARCH_TEXT_CHARS, extract.IO_KEYS
+    extract.configure(search_text_chars, io_keys)
     try:
         for size in (len(body), 97, 4096):
             assert_same(cuts(body, size), {})
-        got = outcome(FastSplitter, [body], {})[1]
-        assert [columns for _, fields in got for columns in [fields["query"]]][1][2] == 7  # prompt_tokens
+        got = [fields["query"] for _, fields in outcome(FastSplitter, [body], {})[1]]
+        assert got[1][2] == 7  # prompt_tokens
+        assert got[5][2] == 1 and got[6][7] == "2.50"  # the first of two keys; the cost's text
+        if io_keys:
+            assert json.loads(got[-1][10]) == {"k1": "v1", "k2": "v2", "k3": "v3"}  # outputs_kv
     finally:
-        extract.configure(before)
+        extract.configure(*before)
 
 
 def test_whitespace_after_a_run_at_the_end_of_the_input_is_not_the_run():
