@@ -7,9 +7,10 @@
 Any body, cut into chunks chosen by the fuzzer, must end in RunError 400/413 or in runs whose bytes
 are exactly the array's elements (with ``{"id":"<uuid>",`` put first when the run had none), each
 strict RFC 8259 JSON. And the service's splitter (FastSplitter, fastpath.py) must end exactly as
-RunSplitter (every byte through ijson's events, the old path) does: the same runs, fields and ids,
-or the same error, word for word. Anything else -- another exception, a 5xx, a run that is not its
-element, a difference -- is a crash that libFuzzer reports with the input that caused it.
+RunSplitter (every byte through ijson's events, the old path) does: the same runs, fields, ids and
+query columns (under each query setting), or the same error, word for word. Anything else --
+another exception, a 5xx, a run that is not its element, a difference -- is a crash that
+libFuzzer reports with the input that caused it.
 
 It found, within seconds, the bugs now kept as REGRESSIONS in tests/test_hostile_input.py.
 """
@@ -27,6 +28,7 @@ import atheris
 
 with atheris.instrument_imports():
     from handler.base.errors import RunError
+    from handler.query import extract
     from handler.query.extract import query_columns
     from handler.runs.fastpath import FastSplitter
     from handler.runs.splitter import RunSplitter
@@ -91,10 +93,15 @@ def outcome(chunks: list[bytes], max_run_bytes: int, kind) -> tuple:
     ]
 
 
+QUERY_SETTINGS = [(0, 0), (8, 0), (0, 2), (8, 2)]  # (SEARCH_TEXT_CHARS, IO_KEYS)
+
+
 def one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     with_header = fdp.ConsumeBool()
     small_limit = fdp.ConsumeBool()
+    # The query columns' settings: search text and inputs'/outputs' keys tap more of each run.
+    extract.configure(*QUERY_SETTINGS[fdp.ConsumeIntInRange(0, len(QUERY_SETTINGS) - 1)])
     cuts = [fdp.ConsumeIntInRange(1, 64) for _ in range(fdp.ConsumeIntInRange(0, 8))]
     body = (HEADER if with_header else b"") + fdp.ConsumeBytes(fdp.remaining_bytes())
     chunks, pos = [], 0
