@@ -182,14 +182,24 @@ QUERY_RUNS = [
 # gives the Decimal of the text: a cost of 2.50 is "2.50"), repeated keys (events give each, in
 # order: the first wins), a NUL in a key, keys past IO_KEYS, a key longer than KV_KEY_CHARS.
 _TRACE = b'{"trace_id":"6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10","name":"x",'
+_MANY = b",".join(b'"k%d":"v%d"' % (i, i) for i in range(40))
 RAW_QUERY_RUNS = [
-    _TRACE + b'"outputs":{"usage_metadata":{"input_tokens":1,"input_tokens":2}},"extra":{"metadata":{"a":1,"a":"2"}}}',
+    _TRACE + b'"outputs":{"usage_metadata":{"input_tokens":1,"input_tokens":2}},'
+    b'"extra":{"metadata":{"a":1,"a":"2"}}}',
     _TRACE + b'"outputs":{"usage_metadata":{"input_tokens":3,"total_cost":2.50}}}',
     _TRACE + b'"outputs":{"usage_metadata":{"total_cost":0.1000000000000000055511151231257827}}}',
     _TRACE + b'"extra":{"metadata":{"a\\u0000b":"v","c":"d\\u0000e"}}}',
-    _TRACE + b'"inputs":{"q":"x","q":"y","n":1.50,"m":-0,"o":{"p":1},"a\\u0000":2,"l":[1]},"outputs":{"a":1}}',
+    _TRACE
+    + b'"inputs":{"q":"x","q":"y","n":1.50,"m":-0,"o":{"p":1},"a\\u0000":2,"l":[1]},"outputs":{"a":1}}',
     _TRACE + b'"inputs":{"' + b"k" * 300 + b'":"long key","k1":1,"k2":true,"k3":null,"k4":"v4","k5":"v5"}}',
     _TRACE + b'"outputs":{"k1":"v1","k2":"v2","k3":"v3","k4":"v4","usage_metadata":{"input_tokens":5}}}',
+    # Objects with many keys, which tapwalk first asks for their path keys: none, one written with an
+    # escape, one after a key that only starts like it, or a key that is a path key and a NUL.
+    _TRACE + b'"outputs":{' + _MANY + b"}}",
+    _TRACE + b'"outputs":{' + _MANY + b',"usage\\u005fmetadata":{"input_tokens":6}}}',
+    _TRACE + b'"outputs":{' + _MANY + b',"usage_metadatax":{"input_tokens":7},"llm_output":{"usage":'
+    b'{"input_tokens":8}}},"extra":{"metadata":{' + _MANY + b"}}}",
+    _TRACE + b'"outputs":{' + _MANY + b',"usage_metadata\\u0000":{"input_tokens":9}}}',
 ]
 
 
@@ -208,8 +218,9 @@ def test_query_columns_are_the_same_on_both_paths(search_text_chars, io_keys):
         got = [fields["query"] for _, fields in outcome(FastSplitter, [body], {})[1]]
         assert got[1][2] == 7  # prompt_tokens
         assert got[5][2] == 1 and got[6][7] == "2.50"  # the first of two keys; the cost's text
+        assert [row[2] for row in got[-4:]] == [None, 6, 8, None]
         if io_keys:
-            assert json.loads(got[-1][10]) == {"k1": "v1", "k2": "v2", "k3": "v3"}  # outputs_kv
+            assert json.loads(got[11][10]) == {"k1": "v1", "k2": "v2", "k3": "v3"}  # outputs_kv
     finally:
         extract.configure(*before)
 
