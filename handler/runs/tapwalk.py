@@ -6,6 +6,12 @@ limits). ``tap_field`` makes the same calls, in the same order, with the same va
 document: a subtree no event of which would reach the Tap is skipped, as its events would be. What
 this cannot give exactly raises Unsure and the run is RunSplitter's: a float (ijson gives the
 Decimal of its text), a repeated key or a key with a NUL in an object it walks.
+
+Why not ``Tap.values`` (extract.py, for spans): it takes decoded dicts and lists, so the document
+would be converted whole (every value of a 100 KB ``outputs``, where this lists keys and looks up
+only the few on a path), a repeated key would keep its last value (events give both, and the first
+wins), and a float would be the Decimal of its repr, not of its text (a cost of 2.50 would be
+"2.5"; simdjson keeps no text). test_fastpath's query test fails with it.
 """
 
 from __future__ import annotations
