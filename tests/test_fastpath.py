@@ -232,3 +232,19 @@ def test_whitespace_after_a_run_at_the_end_of_the_input_is_not_the_run():
     for chunks in ([b"[" + raw + b" ", b"]"], [b"[" + raw + b"\n\t ", b",", raw + b"]"]):
         assert_same(chunks, {})
         assert outcome(FastSplitter, chunks, {})[1][0][1]["body"].endswith(b"}")
+
+
+def test_fast_splitter_0_gives_every_body_to_run_splitter(monkeypatch):
+    from handler.runs.readers import ArrayReader
+    from handler.server.config import Settings
+
+    monkeypatch.setenv("FAST_SPLITTER", "0")
+    settings = Settings.from_env()
+    assert settings.fast_splitter is False
+    try:
+        fastpath.configure(settings.fast_splitter)
+        assert type(ArrayReader(None, settings)._splitter) is RunSplitter
+        assert type(fastpath.splitter(1 << 20, 10)) is RunSplitter
+    finally:
+        fastpath.configure(True)
+    assert type(ArrayReader(None, settings)._splitter) is FastSplitter

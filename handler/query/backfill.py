@@ -16,6 +16,7 @@ import logging
 
 from handler.base.errors import RunError
 from handler.query.extract import configure, fields_version, query_columns
+from handler.runs import fastpath
 from handler.runs.splitter import parse_run
 from handler.server.config import Settings
 from handler.store.db import Database
@@ -40,6 +41,7 @@ RETURNING id
 async def backfill(settings: Settings, batch: int = BATCH) -> tuple[int, int]:
     """Returns (rows filled, rows that could not be)."""
     configure(settings.search_text_chars, settings.io_keys)
+    fastpath.configure(settings.fast_splitter)
     store, db = ObjectStore(settings), Database(settings)
     await store.start()
     await db.start()

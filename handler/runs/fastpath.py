@@ -49,6 +49,19 @@ _SKIP = msgspec.json.Decoder(msgspec.Raw)
 _TIMES = frozenset({"start_time", "end_time"})
 # Where the fast path is between runs: before the array, after "[", after a run, after its ",".
 _START, _FIRST, _AFTER, _NEXT, _RUN, _ENDED = range(6)
+ENABLED = True  # FAST_SPLITTER (configure)
+
+
+def configure(enabled: bool) -> None:
+    """FAST_SPLITTER from Settings: 0 gives every body to RunSplitter, the path the fast one is
+    checked against (to compare the two, or should the fast path ever be in doubt)."""
+    global ENABLED
+    ENABLED = enabled
+
+
+def splitter(*args, **kwargs) -> FastSplitter | RunSplitter:
+    """A splitter for a body, with RunSplitter's arguments: the fast one unless configured off."""
+    return (FastSplitter if ENABLED else RunSplitter)(*args, **kwargs)
 
 
 def _event(value: object) -> str | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 
 from handler.base.errors import RunError
-from handler.runs.fastpath import FastSplitter
+from handler.runs.fastpath import FastSplitter, splitter
 from handler.runs.ingest import BatchIngest
 from handler.runs.schema import Run
-from handler.runs.splitter import RunPart, parse_run
+from handler.runs.splitter import RunPart, RunSplitter, parse_run
 from handler.server.config import Settings
 
 _WHITESPACE = b" \t\r\n"
@@ -38,7 +38,7 @@ class ArrayReader:
     def __init__(self, ingest: BatchIngest, settings: Settings) -> None:
         self._ingest = ingest
         self._settings = settings
-        self._splitter = FastSplitter(
+        self._splitter = splitter(
             settings.max_run_bytes,
             settings.max_runs_per_batch,
             settings.max_depth,
@@ -124,7 +124,7 @@ class BatchReader:
         self._key = bytearray()
         self._seen: set[str] = set()
         self._section: str | None = None
-        self._splitter: FastSplitter | None = None
+        self._splitter: FastSplitter | RunSplitter | None = None
         self._count = 0  # runs and patches so far: they share the batch's limit
 
     @property
@@ -190,9 +190,9 @@ class BatchReader:
         self._section = section
         s = self._settings
         if section == "post":
-            self._splitter = FastSplitter(s.max_run_bytes, s.max_runs_per_batch, s.max_depth, nested=True)
+            self._splitter = splitter(s.max_run_bytes, s.max_runs_per_batch, s.max_depth, nested=True)
         else:
-            self._splitter = FastSplitter(
+            self._splitter = splitter(
                 s.max_run_bytes,
                 s.max_runs_per_batch,
                 s.max_depth,

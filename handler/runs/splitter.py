@@ -65,10 +65,10 @@ def parse_run(
 ) -> Run:
     """One run given whole (a multipart part, a PATCH body, a patched run), checked exactly like a
     run in a streamed batch; errors name it by ``label``."""
-    from handler.runs.fastpath import FastSplitter  # it builds on RunSplitter
+    from handler.runs.fastpath import splitter  # it builds on RunSplitter
 
-    splitter = FastSplitter(max_run_bytes, 1, max_depth, required, label, new_id)
-    runs = [*splitter.feed(b"["), *splitter.feed(body), *splitter.feed(b"]"), *splitter.close()]
+    runs_of = splitter(max_run_bytes, 1, max_depth, required, label, new_id)
+    runs = [*runs_of.feed(b"["), *runs_of.feed(body), *runs_of.feed(b"]"), *runs_of.close()]
     if len(runs) != 1:  # "[]" or only whitespace: an empty body
         raise RunError(400, f"{label} must be a JSON object")
     return runs[0]

@@ -11,6 +11,7 @@ from handler.query import extract
 from handler.query import handlers as query_v2
 from handler.read import projects, projects_v2, query
 from handler.retention import handlers as retention
+from handler.runs import fastpath
 from handler.runs import handlers as runs
 from handler.runs.budget import Budget
 from handler.runs.ingest_handler import InFlight
@@ -30,6 +31,7 @@ def make_app(
 ) -> tornado.web.Application:
     """The routes; ``budget`` is the memory all ingesting requests share (one per process)."""
     extract.configure(settings.search_text_chars, settings.io_keys)
+    fastpath.configure(settings.fast_splitter)
     deps = {"settings": settings, "store": store, "db": db, "keys": settings.api_keys}
     budget = budget or Budget(settings.max_buffered_bytes, settings.budget_wait_seconds)
     ingest_deps = {**deps, "in_flight": in_flight or InFlight(), "budget": budget}

@@ -87,6 +87,8 @@ class Settings:
     retention_long_days: int | None = None
     retention_sweep_seconds: int = 3600
     retention_batch_rows: int = 2000
+    # Runs found and checked in C (handler/runs/fastpath.py); False: every byte through ijson.
+    fast_splitter: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -218,6 +220,7 @@ class Settings:
             retention_long_days=retention_long_days,
             retention_sweep_seconds=get_int("RETENTION_SWEEP_SECONDS", 3600),
             retention_batch_rows=get_int("RETENTION_BATCH_ROWS", 2000),
+            fast_splitter=get_int("FAST_SPLITTER", 1) != 0,
         )
 
     @property
