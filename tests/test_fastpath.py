@@ -165,6 +165,26 @@ def test_the_fast_path_takes_the_body_back_after_a_run_it_handed_over():
     assert len(splitter.close()) == 0
 
 
+def test_runs_handed_over_one_after_another_leave_the_rest_of_the_body_to_run_splitter():
+    """From the second hand-over in a body RunSplitter keeps it; bodies where every third run, or
+    every run, is odd (an integer past 64 bits, 1e400) come out as from RunSplitter alone, at any
+    chunk size; a body whose one odd run came first is still taken back after it."""
+    ordinary = [json.dumps(run(inputs={"text": "x" * 200, "n": [1, 2]})).encode() for _ in range(30)]
+    odd = [r.replace(b'"n": [1,', b'"n": [123456789012345678901234567890, 1e400,') for r in ordinary]
+    for every in (1, 3):
+        mixed = [odd[i] if i % every == 0 else ordinary[i] for i in range(30)]
+        body = b"[" + b", ".join(mixed) + b"]"
+        for size in (97, 1000, 4096, len(body)):
+            assert_same(cuts(body, size), {})
+        splitter = FastSplitter(1 << 30, 1000)
+        assert len([r for c in cuts(body, 1000) for r in splitter.feed(c)] + splitter.close()) == 30
+        assert splitter._handovers == fastpath._KEEP_SLOW_AFTER and splitter._slow is not None
+    body = b"[" + b", ".join([odd[0], *ordinary[1:]]) + b"]"
+    splitter = FastSplitter(1 << 30, 1000)
+    assert len([r for c in cuts(body, 1000) for r in splitter.feed(c)] + splitter.close()) == 30
+    assert splitter._handovers == 1 and splitter._slow is None
+
+
 QUERY_RUNS = [
     run(
         tags=["a", "b\u00e9", "x" * 300],

@@ -50,6 +50,11 @@ _TIMES = frozenset({"start_time", "end_time"})
 # Where the fast path is between runs: before the array, after "[", after a run, after its ",".
 _START, _FIRST, _AFTER, _NEXT, _RUN, _ENDED = range(6)
 ENABLED = True  # FAST_SPLITTER (configure)
+# After this many hand-overs in one body, RunSplitter keeps the rest of it: a body whose runs keep
+# needing its judgement (say integers past 64 bits in every run) would otherwise pay for a failed
+# try and a new RunSplitter per run. RunSplitter reading on is what it does between a hand-over and
+# a take-back, so the verdicts stay its own.
+_KEEP_SLOW_AFTER = 2
 
 
 def configure(enabled: bool) -> None:
@@ -157,6 +162,7 @@ class FastSplitter:
         self._count = 0  # runs handed out
         self._tried = 0  # bytes of the open run at the last try that found it unfinished
         self._last_size = 0  # the last run's size: the next one is tried once it has as many
+        self._handovers = 0
 
     @property
     def rest(self) -> bytes | None:
@@ -168,6 +174,8 @@ class FastSplitter:
 
     def feed(self, chunk: bytes) -> list[Run | RunPart]:
         if self._slow is not None:
+            if self._handovers >= _KEEP_SLOW_AFTER:
+                return self._slow.feed(chunk)
             runs, used = self._slow.feed_to_run_end(chunk)
             if used < len(chunk):  # a run ended inside the chunk: the fast path takes the rest
                 return runs + self._take_back_after_run(chunk[used:])
@@ -280,17 +288,18 @@ class FastSplitter:
         """The run these bytes are, if RunSplitter would surely take them as they are; else None."""
         if len(data) > self._run_limit or self._count >= self.max_runs:
             return None
-        # 1 (the array) + every opening bracket, counting those in strings: a bound on the depth.
-        brackets = _count_to(data, b"{", self.max_depth)
-        if brackets + _count_to(data, b"[", self.max_depth - brackets) >= self.max_depth:
-            return None
-        if _long_exponent(data):
-            return None
         try:
             document = self._parser.parse(data)
         except (ValueError, RuntimeError):  # simdjson's errors, UnicodeDecodeError among them
             return None
         try:
+            # Looked at once simdjson has taken the run (a run it refuses costs no Python loop):
+            # 1 (the array) + every opening bracket, counting those in strings, bounds the depth.
+            brackets = _count_to(data, b"{", self.max_depth)
+            if brackets + _count_to(data, b"[", self.max_depth - brackets) >= self.max_depth:
+                return None
+            if _long_exponent(data):
+                return None
             run = self._fields(document)
         finally:
             del document  # the parser is reused: no proxy may outlive this parse
@@ -339,6 +348,7 @@ class FastSplitter:
     def _hand_over(self, chunk: bytes | None) -> list[Run | RunPart]:
         """RunSplitter takes the body from the clean point on, given the chunks as they came."""
         slow = self._slow = RunSplitter(*self._args, **self._kwargs)
+        self._handovers += 1
         buf, clean = self._buf, self._clean
         starts = [start for start in self._starts if start >= clean]
         runs: list[Run | RunPart] = []
