@@ -6,7 +6,8 @@
 
 Any body, cut into chunks chosen by the fuzzer, must end in RunError 400/413 or in runs whose bytes
 are exactly the array's elements (with ``{"id":"<uuid>",`` put first when the run had none), each
-strict RFC 8259 JSON. And the service's splitter (FastSplitter, fastpath.py) must end exactly as
+strict RFC 8259 JSON. Whatever jsonbytes.surely_valid takes (a multipart part checked in C) ijson
+must take too. And the service's splitter (FastSplitter, fastpath.py) must end exactly as
 RunSplitter (every byte through ijson's events, the old path) does: the same runs, fields, ids and
 query columns (under each query setting), or the same error, word for word. Anything else --
 another exception, a 5xx, a run that is not its element, a difference -- is a crash that
@@ -31,6 +32,7 @@ with atheris.instrument_imports():
     from handler.query import extract
     from handler.query.extract import query_columns
     from handler.runs.fastpath import FastSplitter
+    from handler.runs.jsonbytes import ijson_error, surely_valid
     from handler.runs.splitter import RunSplitter
 
 HEADER = b'[{"trace_id":"6f1c0b52-7f59-4a3e-8d39-2c3b8f7f1a10","name":"x",'
@@ -113,6 +115,10 @@ def one_input(data: bytes) -> None:
     new, old = outcome(chunks, limit, FastSplitter), outcome(chunks, limit, RunSplitter)
     if new != old:
         raise AssertionError(f"the fast path differs from RunSplitter: {new!r:.300} != {old!r:.300}")
+    # A multipart payload part that simdjson is sure of is taken without asking ijson.
+    value = body[len(HEADER) :] if with_header else body
+    if surely_valid(value) and ijson_error(value) is not None:
+        raise AssertionError(f"surely_valid takes what ijson refuses: {value!r:.300}")
     try:
         runs = split_all(chunks, limit)
     except RunError as e:

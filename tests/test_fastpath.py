@@ -18,6 +18,7 @@ from handler.query import extract
 from handler.query.extract import query_columns
 from handler.runs import fastpath
 from handler.runs.fastpath import FastSplitter
+from handler.runs.jsonbytes import ijson_error, long_exponent, surely_valid
 from handler.runs.splitter import RunPart, RunSplitter
 from tests.runs import run
 from tests.test_hostile_input import (
@@ -120,6 +121,24 @@ def test_valid_batches_any_setting(data):
     assert_same(chunks, data.draw(st.sampled_from(SETTINGS), label="settings"))
 
 
+@pytest.mark.property
+@given(st.data())
+@PROPERTY
+def test_a_value_simdjson_is_sure_of_is_one_ijson_takes(data):
+    """check_json_value (multipart payload parts) takes what surely_valid takes without asking
+    ijson: it must be nothing ijson refuses."""
+    value = data.draw(_tricky_bodies() | valid_batches().map(lambda batch: batch[0]), label="value")
+    value = data.draw(st.sampled_from([b"", b" ", b"\xef\xbb\xbf"]), label="before") + value
+    if surely_valid(value):
+        assert ijson_error(value) is None, value
+
+
+def test_what_simdjson_takes_and_ijson_does_not_is_screened():
+    for value in [b"\xef\xbb\xbf{}", b"[0e1000000000000000000]", b"[1e-99999999999999999999]"]:
+        assert ijson_error(value) is not None and not surely_valid(value)
+    assert surely_valid(b' {"a": [1, -0.5e3, "\\ud83d\\ude00", null]} ') and not surely_valid(b"1e400")
+
+
 def test_tricky_tokens_in_a_large_batch():
     """Each token once reached a bug; in the middle of a batch of ordinary runs, cut as a socket
     would, the fast path must hand over exactly there."""
@@ -143,9 +162,9 @@ def test_ordinary_bodies_stay_on_the_fast_path(name):
 
 
 def test_a_long_exponent_is_found():
-    assert fastpath._long_exponent(b'{"a":1e-' + b"9" * 18 + b"}")
-    assert fastpath._long_exponent(b'{"a":0.0E+' + b"1" * 18 + b"}")
-    assert not fastpath._long_exponent(b'{"a":1e-' + b"9" * 17 + b',"b":"6f1c0b52-7f59-4a3e-8d39"}')
+    assert long_exponent(b'{"a":1e-' + b"9" * 18 + b"}")
+    assert long_exponent(b'{"a":0.0E+' + b"1" * 18 + b"}")
+    assert not long_exponent(b'{"a":1e-' + b"9" * 17 + b',"b":"6f1c0b52-7f59-4a3e-8d39"}')
 
 
 def test_the_fast_path_takes_the_body_back_after_a_run_it_handed_over():

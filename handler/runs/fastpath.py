@@ -31,6 +31,7 @@ import msgspec
 import simdjson
 
 from handler.query import extract
+from handler.runs.jsonbytes import long_exponent
 from handler.runs.schema import REQUIRED, FieldError, Run, check_field, check_required
 from handler.runs.splitter import LONG_STRING_BYTES, RunPart, RunSplitter
 from handler.runs.tapwalk import Unsure, tap_field
@@ -39,12 +40,6 @@ from handler.runs.tapwalk import Unsure, tap_field
 FAST_RUN_BYTES = 1 << 20
 _WHITESPACE = b" \t\r\n"
 _TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
-# simdjson takes an exponent of any length (1e-99999999999999999999 is 0.0); Python's Decimal,
-# which RunSplitter's ijson uses, refuses one beyond 10**18. Numbers with such exponents are
-# RunSplitter's to judge. simdjson itself refuses a long positive exponent after a mantissa that is
-# not zero, so the ones that reach here are negative ("e-") or follow a zero ("0e").
-_LONG_EXPONENT = re.compile(rb"[0-9]{18}")
-_ZERO_LONG_EXPONENT = re.compile(rb"0[eE][-+]?[0-9]{18}")
 _SKIP = msgspec.json.Decoder(msgspec.Raw)
 _TIMES = frozenset({"start_time", "end_time"})
 # Where the fast path is between runs: before the array, after "[", after a run, after its ",".
@@ -84,17 +79,6 @@ def _event(value: object) -> str | None:
     if isinstance(value, simdjson.Array):
         return "start_array"
     return "number" if isinstance(value, float) else None
-
-
-def _long_exponent(data: bytes) -> bool:
-    """Whether ``data`` may hold a number whose exponent has 18 digits or more. Each "-" is found
-    by find() (a memchr) and looked at, where a regex would be tried at every byte."""
-    at = data.find(b"-")
-    while at >= 0:
-        if data[at - 1] in b"eE" and _LONG_EXPONENT.match(data, at + 1):
-            return True
-        at = data.find(b"-", at + 1)
-    return _ZERO_LONG_EXPONENT.search(data) is not None
 
 
 def _count_to(data: bytes, byte: bytes, most: int) -> int:
@@ -298,7 +282,7 @@ class FastSplitter:
             brackets = _count_to(data, b"{", self.max_depth)
             if brackets + _count_to(data, b"[", self.max_depth - brackets) >= self.max_depth:
                 return None
-            if _long_exponent(data):
+            if long_exponent(data):
                 return None
             run = self._fields(document)
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import ijson
+import simdjson
 
 from handler.base.errors import RunError
 
@@ -23,6 +24,14 @@ _LOW_SURROGATE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 # backslash after anything but a backslash starts an escape.
 _CUT = re.compile(rb"[^\\]{12}|[^\\](?=\\(?:[^u]|u(?:[^dD]|[dD][^c-fC-F])))")
 _BACKSLASH = ord("\\")
+# simdjson takes an exponent of any length (1e-99999999999999999999 is 0.0); Python's Decimal,
+# which ijson gives numbers as, refuses one beyond 10**18. simdjson itself refuses a long positive
+# exponent after a mantissa that is not zero, so the ones it takes are negative ("e-") or follow a
+# zero ("0e").
+_LONG_EXPONENT = re.compile(rb"[0-9]{18}")
+_ZERO_LONG_EXPONENT = re.compile(rb"0[eE][-+]?[0-9]{18}")
+_BOM = b"\xef\xbb\xbf"  # simdjson skips one that starts its input; yajl refuses it
+_VALUES = simdjson.Parser()  # check_json_value's (no document of it outlives a call)
 
 
 def first_line(error: Exception) -> str:
@@ -70,6 +79,29 @@ def clean_cut(data: bytearray, low: int, scanned: int) -> int | None:
     return found.end() if found else None
 
 
+def long_exponent(data: bytes) -> bool:
+    """Whether ``data`` may hold a number whose exponent has 18 digits or more. Each "-" is found
+    by find() (a memchr) and looked at, where a regex would be tried at every byte."""
+    at = data.find(b"-")
+    while at >= 0:
+        if data[at - 1] in b"eE" and _LONG_EXPONENT.match(data, at + 1):
+            return True
+        at = data.find(b"-", at + 1)
+    return _ZERO_LONG_EXPONENT.search(data) is not None
+
+
+def surely_valid(data: bytes) -> bool:
+    """Whether yajl surely takes ``data`` as one JSON value: simdjson takes it, in C and without
+    building it, and it holds nothing simdjson takes and yajl or Decimal refuse (a leading byte
+    order mark, a long exponent). False is no verdict: ijson is then to judge."""
+    try:
+        document = _VALUES.parse(data)
+    except (ValueError, RuntimeError):  # simdjson's errors, UnicodeDecodeError among them
+        return False
+    del document
+    return not data.startswith(_BOM) and not long_exponent(data)
+
+
 def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
     """``data`` is exactly one JSON value, held to the rules of a run's bytes (a payload part that
     is joined into a run: alone, it must not be able to add fields or end the object early)."""
@@ -79,9 +111,18 @@ def check_json_value(data: bytes, label: str, index: int | None = None) -> None:
         )
     if has_lone_surrogate(data):
         raise RunError(400, f"{label}: a \\u escape is an unpaired surrogate", index)
+    if surely_valid(data):
+        return
+    message = ijson_error(data)
+    if message is not None:
+        raise RunError(400, f"{label}: invalid JSON: {message}", index)
+
+
+def ijson_error(data: bytes) -> str | None:
+    """What ijson says against ``data`` as one JSON value, or None when it takes it."""
     try:
         for _ in ijson.basic_parse(data):
             pass
     except (ijson.JSONError, ValueError, ArithmeticError, SystemError) as e:
-        message = first_line(e) if isinstance(e, ijson.JSONError) else "invalid UTF-8 or number"
-        raise RunError(400, f"{label}: invalid JSON: {message}", index) from None
+        return first_line(e) if isinstance(e, ijson.JSONError) else "invalid UTF-8 or number"
+    return None
