@@ -4,6 +4,7 @@ them too, for every case of test_hostile_input.py and test_stream.py; here the s
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import json
 import uuid
@@ -19,8 +20,9 @@ from handler.query.extract import query_columns
 from handler.runs import fastpath
 from handler.runs.fastpath import FastSplitter
 from handler.runs.jsonbytes import ijson_error, long_exponent, surely_valid
+from handler.runs.merge import object_fields
 from handler.runs.splitter import RunPart, RunSplitter
-from tests.runs import run
+from tests.runs import run, split_all
 from tests.test_hostile_input import (
     ACCEPTED,
     FIND_ONLY,
@@ -131,6 +133,36 @@ def test_a_value_simdjson_is_sure_of_is_one_ijson_takes(data):
     value = data.draw(st.sampled_from([b"", b" ", b"\xef\xbb\xbf"]), label="before") + value
     if surely_valid(value):
         assert ijson_error(value) is None, value
+
+
+def json_value(body: bytes) -> list:
+    """The value as Python's json module reads it: objects as lists of pairs (repeated keys kept),
+    numbers exact (Decimal)."""
+    return json.loads(body, object_pairs_hook=list, parse_float=decimal.Decimal, parse_constant=str)
+
+
+def assert_fields(body: bytes) -> None:
+    fields = object_fields(body)
+    assert [(k, json_value(raw.encode())) for k, raw in fields] == json_value(body)
+    assert all(raw.encode() in body for _, raw in fields)  # as sent
+
+
+@pytest.mark.property
+@given(st.data())
+@PROPERTY
+def test_a_runs_fields_are_its_top_level_keys_and_their_values_as_sent(data):
+    """A patch merges a run's top-level fields (merge.object_fields, msgspec): the keys in order,
+    each with its value's bytes as sent."""
+    body = data.draw(valid_batches(), label="batch")[0]
+    splitter = RunSplitter(1 << 30, 1000)
+    for item in [*splitter.feed(body), *splitter.close()]:
+        assert_fields(item.body)
+
+
+def test_fields_of_the_accepted_hostile_runs():
+    for case in ACCEPTED:
+        for item in split_all(cuts(case.values[0], 1 << 20)):
+            assert_fields(item.body)
 
 
 def test_what_simdjson_takes_and_ijson_does_not_is_screened():
