@@ -135,11 +135,19 @@ benchmark: test-setup
 	$(TEST_ENV) $(BIN)/python -m benchmarks.otlp | tee .benchmarks/otlp.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.latency | tee .benchmarks/latency.txt
 	$(TEST_ENV) $(BIN)/python -m benchmarks.row_write | tee .benchmarks/row_write.txt
-	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 1 \
-		--variant "group commit off" "GROUP_MAX_BYTES=0" --variant "on (default)" "" \
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 1 --sdk-numbers \
+		--variant "no group, ijson" "GROUP_MAX_BYTES=0 FAST_SPLITTER=0" \
+		--variant "group, ijson" "FAST_SPLITTER=0" --variant "group, fast path" "" \
 		| tee .benchmarks/cpu_profile.txt
-	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 100 | tee -a .benchmarks/cpu_profile.txt
-	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --sdk | tee -a .benchmarks/cpu_profile.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 100 --sdk-numbers \
+		--variant "ijson (FAST_SPLITTER=0)" "FAST_SPLITTER=0" --variant "fast path" "" \
+		| tee -a .benchmarks/cpu_profile.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --runs-per-batch 100 \
+		--variant "ijson (FAST_SPLITTER=0)" "FAST_SPLITTER=0" --variant "fast path" "" \
+		| tee -a .benchmarks/cpu_profile.txt
+	$(TEST_ENV) $(BIN)/python -m benchmarks.cpu_profile --sdk \
+		--variant "no group, ijson" "GROUP_MAX_BYTES=0 FAST_SPLITTER=0" --variant "group, fast path" "" \
+		| tee -a .benchmarks/cpu_profile.txt
 	$(BIN)/python -m benchmarks.report
 
 memprofile: test-setup

@@ -2,7 +2,7 @@
 sorted into the jobs of the ingest path, as CPU per run.
 
     RUN_HANDLER_ENV=test python -m benchmarks.cpu_profile [--runs-per-batch 100] [--run-kb 4]
-        [--clients 16] [--seconds 15] [--sdk] [--variant "LABEL" "ENV=VALUE ..."]...
+        [--clients 16] [--seconds 15] [--sdk] [--sdk-numbers] [--variant "LABEL" "ENV=VALUE ..."]...
 
 Each ``--variant`` is one load with those environment variables given to the server (say the
 splitter's old path against its new one), profiled the same way in the same session, so the
@@ -104,6 +104,7 @@ def profile(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> tup
     load = [sys.executable, "-m", "benchmarks.load", "--clients", str(args.clients)]
     load += ["--seconds", str(args.seconds), "--run-kb", str(args.run_kb)]
     load += ["--sdk"] if args.sdk else ["--runs-per-batch", str(args.runs_per_batch)]
+    load += ["--sdk-numbers"] if args.sdk_numbers else []
     raw = workdir / f"samples-{len(list(workdir.iterdir()))}.txt"
     proc = subprocess.Popen(load, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
     lines, spy = [], None
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--sdk", action="store_true", help="SDK-shaped requests (load.py --sdk)")
+    parser.add_argument("--sdk-numbers", action="store_true", help="load.py --sdk-numbers")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("LABEL", "ENV"), default=[])
     parser.add_argument(
         "--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -143,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = [(label, dict(kv.split("=", 1) for kv in env.split())) for label, env in args.variant]
     variants = variants or [("this code", {})]
-    shape = (
-        "SDK-shaped requests" if args.sdk else f"{args.runs_per_batch} runs of ~{args.run_kb:g} KB a request"
-    )
+    shape = f"{args.runs_per_batch} runs of ~{args.run_kb:g} KB a request"
+    shape += ", numbers as SDKs write them" if args.sdk_numbers else ""
+    shape = "SDK-shaped requests" if args.sdk else shape
     print(f"where the server's CPU goes: {args.clients} clients for {args.seconds:g} s, {shape}")
     print(
         "CPU ms per run by job (share of the server's samples); runs/s and CPU per run from benchmarks.load\n"

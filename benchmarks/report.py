@@ -361,7 +361,10 @@ One-run POSTs sent one after another by one client, group commit on (the default
 
 `benchmarks.load` (16 clients, 15 s) with py-spy sampling its server: each job's CPU per run is
 the server's CPU per run (from /proc) times the job's share of the samples. Each table's columns
-were measured one after the other in the same session.
+were measured one after the other in the same session: group commit off and on, and the splitter's
+old path (`FAST_SPLITTER=0`: every byte through ijson's events) against the fast path. "Numbers as
+SDKs write them" (`--sdk-numbers`): integers within 64 bits and finite floats; otherwise each run
+also holds integers past 64 bits and `1e400`, which the fast path leaves to ijson (the third table).
 
 ```
 {optional(SAVES / "cpu_profile.txt")}
