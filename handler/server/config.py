@@ -133,7 +133,7 @@ class Settings:
         max_buffered = get_int("MAX_BUFFERED_BYTES", 256 * MIB)
         one_request = (
             get_int("MAX_RUN_BYTES", 100 * MIB)
-            + get_int("UPLOAD_WINDOW_BYTES", 64 * MIB)
+            + get_int("UPLOAD_WINDOW_BYTES", 32 * MIB)
             + 2 * get_int("SEGMENT_BYTES", 4 * MIB)
             + MIB
         )
@@ -189,7 +189,7 @@ class Settings:
             max_runs_per_batch=get_int("MAX_RUNS_PER_BATCH", 100_000),
             max_depth=get_int("MAX_DEPTH", 512),
             upload_concurrency=get_int("UPLOAD_CONCURRENCY", 16),
-            upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 64 * MIB),
+            upload_window_bytes=get_int("UPLOAD_WINDOW_BYTES", 32 * MIB),
             db_pool_size=get_int("DB_POOL_SIZE", 10),
             object_cache_bytes=get_int("OBJECT_CACHE_BYTES", 32 * MIB),
             stream_part_bytes=stream_part_bytes,
