@@ -119,6 +119,13 @@ class KeepAliveClient(HttpClient):
         self.conn: http.client.HTTPConnection | None = None
         self.connections = 0
 
+    def connect(self) -> http.client.HTTPConnection:
+        if self.conn is None or self._closed_by_server():
+            self.close()
+            self.conn = super().connect()
+            self.connections += 1
+        return self.conn
+
     def _closed_by_server(self) -> bool:
         sock = self.conn.sock if self.conn else None
         if sock is None:
@@ -126,40 +133,19 @@ class KeepAliveClient(HttpClient):
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable)  # an idle kept connection is readable only at its end (or an error)
 
-    def post(
-        self,
-        chunks: Iterable[bytes] | bytes,
-        path: str = "/runs",
-        content_type: str = "application/json",
-        headers: dict | None = None,
-        method: str = "POST",
-    ) -> Response:
-        """As HttpClient.post, on the kept connection."""
-        if isinstance(chunks, bytes):
-            chunks = [chunks]
-        if self._closed_by_server():
-            self.close()
-            self.conn = self.connect()
-            self.connections += 1
-        conn = self.conn
+    def finish(self, conn: http.client.HTTPConnection, chunked: bool = True) -> Response:
+        """As HttpClient.finish, the connection kept unless the server closes it."""
         try:
-            conn.putrequest(method, path)
-            for name, value in {"Content-Type": content_type, **(headers or {})}.items():
-                conn.putheader(name, value)
-            conn.putheader("Transfer-Encoding", "chunked")
-            conn.endheaders()
-            for chunk in chunks:
-                if chunk:
-                    self.send_chunk(conn, chunk)
-            conn.send(b"0\r\n\r\n")
+            if chunked:
+                conn.send(b"0\r\n\r\n")
             response = conn.getresponse()
             answer = Response(response.status, response.read())
-            if response.will_close:
-                self.close()
-            return answer
         except BaseException:
             self.close()
             raise
+        if response.will_close:
+            self.close()
+        return answer
 
     def close(self) -> None:
         if self.conn is not None:

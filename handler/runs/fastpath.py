@@ -32,7 +32,7 @@ import simdjson
 
 from handler.query import extract
 from handler.runs.jsonbytes import long_exponent
-from handler.runs.schema import REQUIRED, FieldError, Run, check_field, check_required
+from handler.runs.schema import REQUIRED, FieldError, Run, check_field, check_required, event_of
 from handler.runs.splitter import LONG_STRING_BYTES, RunPart, RunSplitter
 from handler.runs.tapwalk import Unsure, tap_field
 
@@ -69,20 +69,16 @@ def splitter(*args, **kwargs) -> FastSplitter | RunSplitter:
 
 
 def _event(value: object) -> str | None:
-    """The ijson event a top-level value starts with, or None for what the fast path does not judge."""
-    if isinstance(value, str):
-        return "string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "number"
+    """The ijson event a top-level value starts with (schema.event_of, and simdjson's containers),
+    or None for what the fast path does not judge."""
     if isinstance(value, simdjson.Object):
         return "start_map"
     if isinstance(value, simdjson.Array):
         return "start_array"
-    return "number" if isinstance(value, float) else None
+    try:
+        return event_of(value)
+    except FieldError:
+        return None
 
 
 def _count_to(data: bytes, byte: bytes, most: int) -> int:
