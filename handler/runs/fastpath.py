@@ -31,7 +31,7 @@ import msgspec
 import simdjson
 
 from handler.query import extract
-from handler.runs.jsonbytes import long_exponent
+from handler.runs.jsonbytes import PARSER, long_exponent
 from handler.runs.schema import REQUIRED, FieldError, Run, check_field, check_required, event_of
 from handler.runs.splitter import LONG_STRING_BYTES, RunPart, RunSplitter
 from handler.runs.tapwalk import Unsure, tap_field
@@ -41,10 +41,6 @@ FAST_RUN_BYTES = 1 << 20
 _WHITESPACE = b" \t\r\n"
 _TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
 _SKIP = msgspec.json.Decoder(msgspec.Raw)
-# One per process, not per splitter: its buffers grow to about 15 times the largest run it parsed
-# (5 MB after a 330 KB run), which every request in flight would otherwise hold. A parse and every
-# use of its document are synchronous, so no two requests ever share it at once.
-_PARSER = simdjson.Parser()
 _TIMES = frozenset({"start_time", "end_time"})
 # Where the fast path is between runs: before the array, after "[", after a run, after its ",".
 _START, _FIRST, _AFTER, _NEXT, _RUN, _ENDED = range(6)
@@ -272,7 +268,7 @@ class FastSplitter:
         if len(data) > self._run_limit or self._count >= self.max_runs:
             return None
         try:
-            document = _PARSER.parse(data)
+            document = PARSER.parse(data)
         except (ValueError, RuntimeError):  # simdjson's errors, UnicodeDecodeError among them
             return None
         try:
